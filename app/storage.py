@@ -42,7 +42,7 @@ class ArtifactStore:
         return int(self.fs.size(self._path(key)))
 
     def open_read(self, key: str) -> IO[bytes]:
-        return self.fs.open(self._path(key), "rb")  # type: ignore[no-any-return]
+        return self.fs.open(self._path(key), "rb")
 
     def iter_bytes(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         with self.open_read(key) as fh:
@@ -77,7 +77,7 @@ class ArtifactStore:
             if path.is_file():
                 rel = path.relative_to(local_dir).as_posix()
                 with path.open("rb") as fh:
-                    self.write_stream(f"{key}/{rel}", iter(lambda fh=fh: fh.read(1 << 20), b""))
+                    self.write_stream(f"{key}/{rel}", _read_chunks(fh))
 
     def list_files(self, key: str) -> list[str]:
         """Keys of every file below key (relative to key)."""
@@ -138,8 +138,13 @@ class ArtifactStore:
         try:
             if self.fs.exists(path):
                 self.fs.rm(path)
-        except Exception:  # noqa: BLE001 - cleanup must not mask the real error
+        except Exception:
             pass
+
+
+def _read_chunks(fh: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := fh.read(size):
+        yield chunk
 
 
 class TooLarge(Exception):

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.tables import DeploymentRow
+
+MAX_INPUTS = 64
+
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    inputs: Annotated[list[str | dict[str, Any]], Field(min_length=1, max_length=MAX_INPUTS)]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeploymentPublic(BaseModel):
+    id: str
+    object: Literal["deployment"] = "deployment"
+    model: str
+    status: str
+    created_at: int
+    error: dict[str, Any] | None
+    load_seconds: float | None
+    memory_bytes: int | None
+    requests_served: int
+
+    @classmethod
+    def of(cls, row: DeploymentRow) -> DeploymentPublic:
+        return cls(
+            id=row.id,
+            model=row.model,
+            status=row.status,
+            created_at=row.created_at,
+            error=row.error,
+            load_seconds=row.load_seconds,
+            memory_bytes=row.memory_bytes,
+            requests_served=row.requests_served,
+        )

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from app.tables import FileRow
+
+
+class FilePublic(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    expires_at: int | None = None
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"]
+    status_details: str | None
+    format: str | None
+    stats: dict[str, Any]
+    errors: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, row: FileRow) -> FilePublic:
+        return cls(
+            id=row.id,
+            bytes=row.bytes,
+            created_at=row.created_at,
+            filename=row.filename,
+            purpose=row.purpose,
+            status=row.status,  # type: ignore[arg-type]
+            status_details=row.status_details,
+            format=row.format,
+            stats=row.stats or {},
+            errors=row.errors or [],
+        )
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True

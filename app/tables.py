@@ -1,0 +1,119 @@
+"""ORM tables. Every state change of a job goes through app/jobs/state.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class FileRow(Base):
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
+    format: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    task: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    method: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    training_type: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    best_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # execution bookkeeping: the lease a worker holds while it runs the job
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class JobEventRow(Base):
+    __tablename__ = "job_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    level: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class JobMetricRow(Base):
+    __tablename__ = "job_metrics"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "train" or "eval"
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class FineTunedModelRow(Base):
+    __tablename__ = "fine_tuned_models"
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    base_model: Mapped[str] = mapped_column(String(255))
+    task: Mapped[str] = mapped_column(String(32))
+    training_type: Mapped[str] = mapped_column(String(16))
+    format: Mapped[str] = mapped_column(String(16))  # "adapter" or "full"
+    artifact_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class DeploymentRow(Base):
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    load_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    requests_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
