@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # jobs queued longer than this without a claim are enqueued again (a lost message)
     requeue_after_seconds: int = 120
     reconcile_every_seconds: float = 15.0
+    # inference server model cache: how many models stay loaded, and a memory budget
+    inference_max_models: int = 4
+    inference_memory_budget_bytes: int | None = None
     # a worker process claims at most one job at a time; torch threads for the trainer
     trainer_threads: int | None = None
 

@@ -15,6 +15,10 @@ def now() -> int:
     return int(time.time())
 
 
+def now_ns() -> int:
+    return time.time_ns()
+
+
 class FileRow(Base):
     __tablename__ = "files"
 
@@ -22,7 +26,9 @@ class FileRow(Base):
     filename: Mapped[str] = mapped_column(String(255))
     purpose: Mapped[str] = mapped_column(String(32))
     bytes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # list order: seconds (created_at, as OpenAI shows it) are too coarse to page by
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=now_ns, index=True)
     status: Mapped[str] = mapped_column(String(16))
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     format: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -39,7 +45,8 @@ class JobRow(Base):
     model: Mapped[str] = mapped_column(String(255))
     task: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(32), index=True)
-    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=now_ns, index=True)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)

@@ -21,10 +21,10 @@ def list_page(
         anchor = session.get(FileRow, after)
         if anchor is not None:
             query = query.where(
-                (FileRow.created_at < anchor.created_at)
-                | ((FileRow.created_at == anchor.created_at) & (FileRow.id < anchor.id))
+                (FileRow.created_ns < anchor.created_ns)
+                | ((FileRow.created_ns == anchor.created_ns) & (FileRow.id < anchor.id))
             )
-    query = query.order_by(FileRow.created_at.desc(), FileRow.id.desc()).limit(limit + 1)
+    query = query.order_by(FileRow.created_ns.desc(), FileRow.id.desc()).limit(limit + 1)
     return list(session.scalars(query))
 
 

@@ -19,10 +19,10 @@ def list_page(session: Session, *, after: str | None, limit: int) -> list[JobRow
         anchor = session.get(JobRow, after)
         if anchor is not None:
             query = query.where(
-                (JobRow.created_at < anchor.created_at)
-                | ((JobRow.created_at == anchor.created_at) & (JobRow.id < anchor.id))
+                (JobRow.created_ns < anchor.created_ns)
+                | ((JobRow.created_ns == anchor.created_ns) & (JobRow.id < anchor.id))
             )
-    query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+    query = query.order_by(JobRow.created_ns.desc(), JobRow.id.desc()).limit(limit + 1)
     return list(session.scalars(query))
 
 

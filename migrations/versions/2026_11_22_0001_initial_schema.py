@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 12:50:10.561131
+Create Date: 2026-11-22 12:55:23.547679
 """
 
 from collections.abc import Sequence
@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("purpose", sa.String(length=32), nullable=False),
         sa.Column("bytes", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("created_ns", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("status_details", sa.Text(), nullable=True),
         sa.Column("format", sa.String(length=32), nullable=True),
@@ -51,7 +52,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_files")),
     )
     with op.batch_alter_table("files", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_files_created_at"), ["created_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_files_created_ns"), ["created_ns"], unique=False)
         batch_op.create_index(batch_op.f("ix_files_deleted"), ["deleted"], unique=False)
 
     op.create_table(
@@ -61,6 +62,7 @@ def upgrade() -> None:
         sa.Column("task", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=32), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("created_ns", sa.BigInteger(), nullable=False),
         sa.Column("started_at", sa.BigInteger(), nullable=True),
         sa.Column("finished_at", sa.BigInteger(), nullable=True),
         sa.Column("fine_tuned_model", sa.String(length=512), nullable=True),
@@ -87,7 +89,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_jobs_created_at"), ["created_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_jobs_created_ns"), ["created_ns"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_jobs_lease_expires_at"), ["lease_expires_at"], unique=False
         )
@@ -175,12 +177,12 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_status"))
         batch_op.drop_index(batch_op.f("ix_jobs_lease_expires_at"))
-        batch_op.drop_index(batch_op.f("ix_jobs_created_at"))
+        batch_op.drop_index(batch_op.f("ix_jobs_created_ns"))
 
     op.drop_table("jobs")
     with op.batch_alter_table("files", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_files_deleted"))
-        batch_op.drop_index(batch_op.f("ix_files_created_at"))
+        batch_op.drop_index(batch_op.f("ix_files_created_ns"))
 
     op.drop_table("files")
     with op.batch_alter_table("deployments", schema=None) as batch_op:

@@ -1,0 +1,50 @@
+"""The API in-process (TestClient) on a real database: SQLite, and Postgres when reachable.
+
+Enqueued job ids are recorded instead of sent: these tests are about the control plane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.migrate import upgrade
+from app.settings import Settings
+
+
+@dataclass
+class Api:
+    client: TestClient
+    settings: Settings
+    enqueued: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[Api]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        models_dir=tiny_models,
+        inference_url="http://127.0.0.1:9",  # nothing listens: predict must answer 503
+        max_upload_bytes=64 * 1024,
+    )
+    upgrade(settings.database_url)
+    app = create_app(settings, reconciler=False)
+    recorded: list[str] = []
+    app.state.enqueue = recorded.append
+    with TestClient(app) as client:
+        yield Api(client, settings, recorded)
+
+
+def upload_text(api: Api, name: str, text: str | bytes) -> dict:
+    data = text.encode() if isinstance(text, str) else text
+    response = api.client.post(
+        "/v1/files", files={"file": (name, data)}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()

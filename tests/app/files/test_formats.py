@@ -1,0 +1,271 @@
+"""Dataset detection and validation: every format in JSONL and CSV, every error with its line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.files.formats import (
+    FORMATS_BY_TASK,
+    DatasetError,
+    FileReport,
+    inspect_file,
+    read_examples,
+)
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return path
+
+
+def jsonl(*rows: Any) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def inspect(tmp_path: Path, name: str, content: str | bytes) -> FileReport:
+    return inspect_file(write(tmp_path, name, content), name)
+
+
+def only_error(report: FileReport) -> dict[str, Any]:
+    assert not report.ok
+    assert len(report.errors) == 1, report.errors
+    return report.errors[0]
+
+
+CHAT_ROW = {
+    "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+}
+
+
+# ---- valid files ----
+
+
+def test_classification_jsonl(tmp_path: Path) -> None:
+    content = jsonl({"text": "great", "label": "pos"}, {"text": "bad", "label": "neg"})
+    content += "\n   \n" + jsonl({"text": "fine", "label": "pos"})
+    report = inspect(tmp_path, "train.jsonl", content)
+    assert report.ok and report.errors == [] and report.status_details is None
+    assert report.format == "classification"
+    assert report.stats["rows"] == 3
+    assert report.stats["labels"] == {"neg": 1, "pos": 2}
+    assert report.stats["max_chars"] == 5
+
+
+def test_integer_labels_are_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.jsonl", jsonl({"text": "a", "label": 1}, {"text": "b", "label": "1"}))
+    assert inspect_file(path, "t.jsonl").stats["labels"] == {"1": 2}
+    fmt, rows = read_examples(path, "t.jsonl")
+    assert fmt == "classification"
+    assert rows == [{"text": "a", "label": "1"}, {"text": "b", "label": "1"}]
+
+
+def test_prompt_completion_jsonl(tmp_path: Path) -> None:
+    path = write(tmp_path, "pc.json", jsonl({"prompt": "2+2=", "completion": " 4"}))
+    report = inspect_file(path, "pc.json")
+    assert report.ok and report.format == "prompt-completion" and report.stats["rows"] == 1
+    assert "labels" not in report.stats
+    assert read_examples(path, "pc.json") == (
+        "prompt-completion",
+        [{"prompt": "2+2=", "completion": " 4"}],
+    )
+
+
+def test_chat_jsonl(tmp_path: Path) -> None:
+    path = write(tmp_path, "chat.jsonl", jsonl(CHAT_ROW, CHAT_ROW))
+    report = inspect_file(path, "chat.jsonl")
+    assert report.ok and report.format == "chat" and report.stats["rows"] == 2
+    assert report.stats["max_chars"] == len("be brief") + len("hi") + len("hello")
+    assert read_examples(path, "chat.jsonl") == ("chat", [CHAT_ROW, CHAT_ROW])
+
+
+def test_classification_csv(tmp_path: Path) -> None:
+    content = '\ufefftext,label\n"hello, world",pos\n\n"two\nlines",neg\nplain,pos\n'
+    path = write(tmp_path, "train.csv", content)
+    report = inspect_file(path, "train.csv")
+    assert report.ok, report.errors
+    assert report.format == "classification"
+    assert report.stats == {
+        "rows": 3,
+        "max_chars": 12,
+        "total_chars": 26,
+        "labels": {"neg": 1, "pos": 2},
+    }
+    _, rows = read_examples(path, "train.csv")
+    assert rows[1] == {"text": "two\nlines", "label": "neg"}
+
+
+def test_prompt_completion_csv(tmp_path: Path) -> None:
+    report = inspect(tmp_path, "pc.csv", "Prompt, Completion\nwhat is 1+1?, 2\n")
+    assert report.ok and report.format == "prompt-completion" and report.stats["rows"] == 1
+
+
+def test_unknown_extension_is_sniffed(tmp_path: Path) -> None:
+    as_jsonl = inspect(tmp_path, "data.txt", "\n\n" + jsonl({"text": "a", "label": "x"}))
+    assert as_jsonl.ok and as_jsonl.format == "classification"
+    as_csv = inspect(tmp_path, "data", "prompt,completion\na,b\n")
+    assert as_csv.ok and as_csv.format == "prompt-completion"
+
+
+def test_huge_line_is_streamed(tmp_path: Path) -> None:
+    long_text = "word " * 2_100_000  # a 10 MB line
+    report = inspect(tmp_path, "big.jsonl", jsonl({"text": long_text, "label": "a"}))
+    assert report.ok and report.stats["max_chars"] == len(long_text)
+    csv_report = inspect(tmp_path, "big.csv", f"text,label\n{long_text},a\n")
+    assert csv_report.ok, csv_report.errors
+
+
+def test_formats_by_task() -> None:
+    assert {
+        "classification": {"classification"},
+        "causal-lm": {"prompt-completion", "chat"},
+    } == FORMATS_BY_TASK
+
+
+def test_formats_module_does_not_import_torch() -> None:
+    # The API imports this module to check uploads; it must not drag torch in.
+    code = "import sys, app.files.formats; sys.exit('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[3]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+# ---- errors, each with its line ----
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "fragment"),
+    [
+        ('{"text": "a", "label": "x"}\n{"text": "b", "label": }\n', 2, "invalid JSON"),
+        ('{"text": "a", "label": "x"}\n\n["a", "x"]\n', 3, "must be a JSON object"),
+        ('{"text": "a", "label": "x"}\n{"text": "b"}\n', 2, "match no format"),
+        ('{"text": "a", "label": "x", "id": 3}\n', 1, "unexpected key(s) id"),
+        ('{"text": 5, "label": "x"}\n', 1, "'text' must be a string"),
+        ('{"text": "  ", "label": "x"}\n', 1, "'text' is empty"),
+        ('{"text": "a", "label": 1.5}\n', 1, "'label' must be a string or an integer"),
+        ('{"text": "a", "label": true}\n', 1, "'label' must be a string or an integer"),
+        ('{"text": "a", "label": ""}\n', 1, "'label' is empty"),
+        ('{"prompt": "a", "completion": null}\n', 1, "'completion' must be a string"),
+        ('{"prompt": "", "completion": "b"}\n', 1, "'prompt' is empty"),
+        (
+            '{"text": "a", "label": "x"}\n{"prompt": "a", "completion": "b"}\n',
+            2,
+            "prompt-completion",
+        ),
+        ('{"text": "a", "label": "x", "prompt": "p", "completion": "c"}\n', 1, "several formats"),
+        ("[\n", 1, "JSON array is not supported"),
+        ('{"text": "a", "label": ' + "[" * 100_000 + "\n", 1, "invalid JSON"),
+        ('{"text": "a", "label": ' + "9" * 5000 + "}\n", 1, "invalid JSON"),
+    ],
+)
+def test_jsonl_row_errors(tmp_path: Path, content: str, line: int, fragment: str) -> None:
+    error = only_error(inspect(tmp_path, "t.jsonl", content))
+    assert error["line"] == line
+    assert fragment in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ([], "'messages' must be a non-empty list"),
+        ("hi", "'messages' must be a non-empty list"),
+        (["hi"], "messages[0] must be an object"),
+        ([{"role": "user"}], "messages[0] must have exactly the keys role and content"),
+        ([{"role": "user", "content": "a", "name": "bob"}], "exactly the keys"),
+        (
+            [{"role": "bot", "content": "a"}],
+            "messages[0].role must be one of system, user, assistant",
+        ),
+        ([{"role": "assistant", "content": 3}], "messages[0].content must be a string"),
+        ([{"role": "user", "content": "a"}], "no assistant message"),
+    ],
+)
+def test_chat_errors(tmp_path: Path, messages: Any, fragment: str) -> None:
+    content = jsonl(CHAT_ROW, {"messages": messages})
+    error = only_error(inspect(tmp_path, "chat.jsonl", content))
+    assert error == {"line": 2, "message": error["message"]}
+    assert fragment in error["message"]
+
+
+def test_non_utf8_line(tmp_path: Path) -> None:
+    content = jsonl({"text": "a", "label": "x"}).encode() + b'{"text": "caf\xe9", "label": "x"}\n'
+    content += jsonl({"text": "b", "label": "x"}).encode()
+    report = inspect(tmp_path, "t.jsonl", content)
+    error = only_error(report)
+    assert error["line"] == 2 and "not valid UTF-8" in error["message"]
+    assert report.stats["rows"] == 2  # the lines around it still count
+
+
+def test_non_utf8_csv_keeps_line_numbers(tmp_path: Path) -> None:
+    content = b"text,label\n\xff\xfe,x\nfine,x\n,x\n"
+    errors = inspect(tmp_path, "t.csv", content).errors
+    assert [e["line"] for e in errors] == [2, 4]
+    assert "UTF-8" in errors[0]["message"] and "'text' is empty" in errors[1]["message"]
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n", "text,label\n"])
+def test_empty_file(tmp_path: Path, content: str) -> None:
+    name = "t.csv" if content.startswith("text") else "t.jsonl"
+    report = inspect(tmp_path, name, content)
+    assert only_error(report) == {"line": 0, "message": "the file has no rows"}
+    assert report.stats["rows"] == 0
+    assert report.status_details == "the file has no rows"
+
+
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        ("text,category", "must be 'text,label' or 'prompt,completion'"),
+        ("text;label", "separated by commas"),
+        ("text,label,id", "unexpected CSV column(s) id"),
+        ("text,label,text", "repeats a column"),
+        ("messages", "JSONL files only"),
+    ],
+)
+def test_csv_header_errors(tmp_path: Path, header: str, fragment: str) -> None:
+    error = only_error(inspect(tmp_path, "t.csv", f"{header}\na,b\n"))
+    assert error["line"] == 1 and fragment in error["message"]
+
+
+def test_csv_row_errors(tmp_path: Path) -> None:
+    content = "text,label\nok,a\nonly one field\nx,y,z\n,b\n"
+    errors = inspect(tmp_path, "t.csv", content).errors
+    assert errors == [
+        {"line": 3, "message": "expected 2 fields (text,label), got 1"},
+        {"line": 4, "message": "expected 2 fields (text,label), got 3"},
+        {"line": 5, "message": "'text' is empty"},
+    ]
+
+
+def test_errors_are_capped_but_all_rows_are_checked(tmp_path: Path) -> None:
+    content = jsonl(*[{"text": "", "label": "x"}] * 30, {"text": "ok", "label": "x"})
+    report = inspect_file(write(tmp_path, "t.jsonl", content), "t.jsonl", max_errors=5)
+    assert [e["line"] for e in report.errors] == [1, 2, 3, 4, 5]
+    assert report.stats["rows"] == 1
+    assert report.status_details is not None
+    assert report.status_details == "line 1: 'text' is empty (and 29 more problems)"
+
+
+def test_read_examples_raises_with_line_numbers(tmp_path: Path) -> None:
+    path = write(tmp_path, "t.jsonl", jsonl({"text": "a", "label": "x"}) + "oops\n" + "{}\n")
+    with pytest.raises(DatasetError) as caught:
+        read_examples(path, "t.jsonl")
+    assert [e["line"] for e in caught.value.errors] == [2, 3]
+    assert str(caught.value).startswith("line 2: invalid JSON")
+    assert str(caught.value).endswith("(and 1 more problem)")
+
+
+def test_read_examples_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"^the file has no rows$"):
+        read_examples(write(tmp_path, "t.csv", ""), "t.csv")

@@ -1,0 +1,162 @@
+"""Request and response bodies of the inference server (docs/internals.md).
+
+Limits live here, in the types, so a request over them is refused with a message that names
+the field and the limit before any model is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from worker.inference.loading import ModelSpec
+
+MAX_INPUTS = 64
+MAX_INPUT_CHARS = 20_000
+MAX_MESSAGES = 256
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256
+
+
+class _Strict(BaseModel):
+    # unknown fields are refused: a misspelt parameter must not be silently ignored
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpecBody(_Strict):
+    key: str = Field(min_length=1, max_length=512)
+    task: Literal["classification", "causal-lm"]
+    base_model_dir: str = Field(min_length=1, max_length=4096)
+    artifact: str | None = Field(default=None, min_length=1, max_length=1024)
+
+    def to_spec(self) -> ModelSpec:
+        return ModelSpec(self.key, self.task, self.base_model_dir, self.artifact)
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=MAX_INPUT_CHARS)
+
+
+class ChatInput(_Strict):
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+    @model_validator(mode="after")
+    def _limit_total_chars(self) -> ChatInput:
+        total = sum(len(m.content) for m in self.messages)
+        if total > MAX_INPUT_CHARS:
+            raise ValueError(
+                f"messages hold {total} characters in all; at most {MAX_INPUT_CHARS} are allowed"
+            )
+        if not any(m.content for m in self.messages):
+            raise ValueError("every message is empty")
+        return self
+
+
+def _input_kind(value: Any) -> str:
+    return "chat" if isinstance(value, dict | ChatInput) else "text"
+
+
+PromptText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS)]
+InputItem = Annotated[
+    Annotated[PromptText, Tag("text")] | Annotated[ChatInput, Tag("chat")],
+    Discriminator(_input_kind),
+]
+# the union tags appear in validation error locations; they are dropped from messages
+INPUT_TAGS = frozenset({"text", "chat"})
+
+
+class Parameters(_Strict):
+    max_new_tokens: int | None = Field(default=None, ge=1, le=2048, strict=True)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=1, strict=True)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, strict=True)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _check_stop(cls, value: Any) -> Any:
+        # checked by hand: a union's own errors name its members, not the limit
+        stops = [value] if isinstance(value, str) else value
+        if value is None:
+            return None
+        if (
+            not isinstance(stops, list)
+            or not 1 <= len(stops) <= MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and 1 <= len(s) <= MAX_STOP_CHARS for s in stops)
+        ):
+            raise ValueError(
+                f"stop must be a string or a list of 1 to {MAX_STOP_STRINGS} strings, "
+                f"each 1 to {MAX_STOP_CHARS} characters"
+            )
+        return value
+
+
+class LoadRequest(_Strict):
+    model: ModelSpecBody
+    pin: bool = False
+
+
+class LoadResponse(BaseModel):
+    key: str
+    load_seconds: float
+    memory_bytes: int
+
+
+class UnloadRequest(_Strict):
+    key: str = Field(min_length=1, max_length=512)
+
+
+class UnloadResponse(BaseModel):
+    key: str
+    unloaded: bool
+
+
+class ExportRequest(_Strict):
+    model: ModelSpecBody
+    format: Literal["merged"] = "merged"
+
+
+class ExportResponse(BaseModel):
+    artifact: str
+
+
+class PredictRequest(_Strict):
+    model: ModelSpecBody
+    inputs: list[InputItem] = Field(min_length=1, max_length=MAX_INPUTS)
+    parameters: Parameters = Field(default_factory=Parameters)
+
+    def plain_inputs(self) -> list[str | dict[str, Any]]:
+        return [x if isinstance(x, str) else x.model_dump() for x in self.inputs]
+
+
+class PredictResponse(BaseModel):
+    predictions: list[dict[str, Any]]
+
+
+class ModelStats(BaseModel):
+    key: str
+    pinned: bool
+    load_seconds: float
+    memory_bytes: int
+    requests_served: int
+    loaded_at: float
+    last_used: float
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelStats]
+    max_models: int
+    memory_budget_bytes: int | None
+    memory_bytes: int

@@ -1,0 +1,151 @@
+"""Events out of the Trainer loop, and the loop's guard against a diverging loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from worker.training.metrics import eval_fields
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinity are not JSON: they become null, so every event line parses anywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+class EventLog:
+    """Emits events in contract order: messages noted before `started` wait for it."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._emit = emit
+        self._pending: list[dict[str, Any]] = []
+        self.started = False
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self._emit(json_safe(event))
+
+    def message(self, level: str, text: str) -> None:
+        event = {"type": "message", "level": level, "message": text}
+        if self.started:
+            self.emit(event)
+        else:
+            self._pending.append(event)
+
+    def start(self, fields: dict[str, Any]) -> None:
+        self.emit({"type": "started", **fields})
+        self.started = True
+        self._flush()
+
+    def fail(self, code: str, message: str, param: str | None) -> None:
+        self._flush()
+        self.emit({"type": "failed", "code": code, "message": message, "param": param})
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for event in pending:
+            self.emit(event)
+
+
+class EventCallback(TrainerCallback):
+    """Turns the Trainer's hooks into started / progress / log / eval events."""
+
+    def __init__(self, events: EventLog, task: str, started_fields: dict[str, Any]) -> None:
+        self.events = events
+        self.task = task
+        self.started_fields = started_fields
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.events.start({"total_steps": state.max_steps, **self.started_fields})
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.events.emit(
+            {
+                "type": "progress",
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "epoch": state.epoch,
+            }
+        )
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # The Trainer logs train losses ("loss"), eval metrics and a final summary here;
+        # only the first are log events (evals come through on_evaluate).
+        if not logs or "loss" not in logs:
+            return
+        self.events.emit(
+            {
+                "type": "log",
+                "step": state.global_step,
+                "epoch": state.epoch,
+                "train_loss": logs["loss"],
+                "learning_rate": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+            }
+        )
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.events.emit(
+            {
+                "type": "eval",
+                "step": state.global_step,
+                "epoch": state.epoch,
+                **eval_fields(metrics or {}, self.task),
+            }
+        )
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"training loss became {loss} at step {step}")
+        self.step = step
+        self.loss = loss
+
+
+class GuardedTrainer(Trainer):
+    """A Trainer that stops at the first NaN/inf loss instead of training on garbage.
+
+    The stock Trainer only hides such losses from its logs (logging_nan_inf_filter) and
+    keeps stepping, which leaves NaN weights and a useless model behind.
+    """
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLoss(self.state.global_step + 1, float(loss.detach().float().mean()))
+        return loss
