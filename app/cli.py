@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     database = sub.add_parser("db", help="database schema")
     db_sub = database.add_subparsers(dest="db_command", required=True)
     up = db_sub.add_parser("upgrade", help="apply migrations")
-    up.add_argument("revision", nargs="?", default="head")
+    up.add_argument("revision", nargs="?", default="heads")
     up.set_defaults(func=cmd_db)
     return parser
 
