@@ -59,6 +59,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level="info",
+        access_log=settings.access_log,
         timeout_graceful_shutdown=5,
     )
     return 0

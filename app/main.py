@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import db
 from app.deployments.routes import router as deployments_router
@@ -20,6 +21,7 @@ from app.inference_client import InferenceClient
 from app.jobs.reconciler import Reconciler
 from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
+from app.reads import make_reads
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
 
@@ -50,7 +52,9 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
                 settings.requeue_after_seconds,
             )
             loop.start()
+        await app.state.reads.open()
         yield
+        await app.state.reads.close()
         if loop is not None:
             loop.stop()
         inference.close()
@@ -68,31 +72,11 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     app.state.enqueue = enqueue
     app.state.celery = celery
     app.state.sessionmaker = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+    app.state.reads = make_reads(settings.database_url, engine)
 
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def refuse_oversize(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # refuse before reading a byte of the body; the store enforces it again while
-        # streaming, for clients that send no Content-Length
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes + 1024 * 1024  # room for the multipart envelope
-        if length and length.isdigit() and int(length) > limit:
-            return JSONResponse(
-                error_body(
-                    413,
-                    f"Request body of {length} bytes is over the limit of "
-                    f"{settings.max_upload_bytes} bytes; split the file or raise "
-                    "TUNERY_MAX_UPLOAD_BYTES.",
-                    "file",
-                    "file_too_large",
-                ),
-                status_code=413,
-                headers={"Connection": "close"},
-            )
-        return await call_next(request)
+    app.add_middleware(RefuseOversize, limit=settings.max_upload_bytes)
 
     for router in (files_router, jobs_router, models_router, deployments_router):
         app.include_router(router)
@@ -124,3 +108,36 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         )
 
     return app
+
+
+class RefuseOversize:
+    """Refuses a body over the upload limit before reading a byte of it.
+
+    Plain ASGI rather than @app.middleware: it runs on every request, and the decorator form
+    costs a task and a stream wrapper per request. The artifact store enforces the limit
+    again while streaming, for clients that send no Content-Length.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            # room for the multipart envelope around the file
+            if length.isdigit() and int(length) > self.limit + 1024 * 1024:
+                response = JSONResponse(
+                    error_body(
+                        413,
+                        f"Request body of {int(length)} bytes is over the limit of "
+                        f"{self.limit} bytes; split the file or raise TUNERY_MAX_UPLOAD_BYTES.",
+                        "file",
+                        "file_too_large",
+                    ),
+                    status_code=413,
+                    headers={"Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -23,12 +23,16 @@ class Settings(BaseSettings):
     queue: str = "tunery"
     allow_hub: bool = False
     max_upload_bytes: int = 1024**3
+    # an uploaded fine-tuning file with fewer examples is refused (OpenAI's minimum is 10)
+    min_training_examples: int = Field(default=10, ge=1)
     # how long a worker's claim on a job lasts without a heartbeat
     lease_seconds: int = 60
     heartbeat_seconds: float = 5.0
     # jobs queued longer than this without a claim are enqueued again (a lost message)
     requeue_after_seconds: int = 120
     reconcile_every_seconds: float = 15.0
+    # one log line per HTTP request costs ~15% of a status GET; off unless asked for
+    access_log: bool = False
     # inference server model cache: how many models stay loaded, and a memory budget
     inference_max_models: int = 4
     inference_memory_budget_bytes: int | None = None
