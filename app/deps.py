@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from app.auth import Principal
 from app.settings import Settings
 from app.storage import ArtifactStore
 
@@ -35,6 +36,21 @@ def get_store_dep(request: Request) -> ArtifactStore:
     return store
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a client that reads right after a
+# write (the openai SDK's create-then-retrieve) always sees it
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store_dep)]
+
+
+async def require_principal(request: Request) -> Principal:
+    """The caller's project, from its Bearer key (401 without a valid one once keys exist).
+
+    Async on purpose: keys are cached in memory, so the common case costs no thread hop.
+    """
+    principal: Principal = request.app.state.keys.resolve(request.headers.get("authorization"))
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(require_principal)]

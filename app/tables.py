@@ -5,7 +5,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -71,6 +81,8 @@ class JobRow(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # another job's checkpoint (ftckpt-...) whose weights this job starts from
+    from_checkpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobEventRow(Base):
@@ -124,3 +136,48 @@ class DeploymentRow(Base):
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     requests_served: Mapped[int] = mapped_column(BigInteger, default=0)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    # sha256 of the key: keys are 240-bit random strings, so a fast hash is enough, and the
+    # key itself is shown once and never stored
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class JobCheckpointRow(Base):
+    """A checkpoint in the artifact store: a servable model (artifact_key) and the trainer
+    state that resumes from it (state_key). Written by the worker once both are uploaded."""
+
+    __tablename__ = "job_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_job_checkpoints_job_id_step"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # ft:<base>:<suffix>:<job>:ckpt-step-N, the name to deploy or predict with
+    model_name: Mapped[str] = mapped_column(String(600), unique=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    artifact_key: Mapped[str] = mapped_column(String(512))
+    state_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # the best evaluated step when this checkpoint was written (kept beside it on resume)
+    best_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
