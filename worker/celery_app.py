@@ -28,6 +28,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            # kombu's default of 1 s would add up to a second before every job starts
+            "polling_interval": 0.2,
             "store_processed": False,
             "control_folder": str(folder / "control"),
         }

@@ -7,9 +7,11 @@ from functools import lru_cache
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import db
+from app.evaluations.service import RUN_EVALUATION
 from app.settings import get_settings
 from app.storage import get_store
 from worker.celery_app import RUN_JOB, make_celery
+from worker.evaluation.runner import EvaluationRunner
 from worker.supervisor import JobRunner
 
 app = make_celery()
@@ -27,3 +29,17 @@ def _runner() -> JobRunner:
 @app.task(name=RUN_JOB, acks_late=True)
 def run_job(job_id: str) -> str:
     return _runner().run(job_id)
+
+
+@lru_cache
+def _evaluation_runner() -> EvaluationRunner:
+    settings = get_settings()
+    make_session: sessionmaker[Session] = sessionmaker(
+        bind=db.make_engine(settings.database_url), expire_on_commit=False, autoflush=False
+    )
+    return EvaluationRunner(settings, make_session, get_store(settings))
+
+
+@app.task(name=RUN_EVALUATION, acks_late=True)
+def run_evaluation(evaluation_id: str) -> str:
+    return _evaluation_runner().run(evaluation_id)

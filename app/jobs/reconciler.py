@@ -27,28 +27,51 @@ def reconcile(session: Session, requeue_after_seconds: float) -> list[str]:
     now = time.time()
     to_enqueue: list[str] = []
     expired = session.scalars(
-        select(JobRow).where(JobRow.status == "running", JobRow.lease_expires_at < now)
+        select(JobRow).where(
+            JobRow.status.in_(state.LEASED),
+            JobRow.lease_owner.is_not(None),
+            JobRow.lease_expires_at < now,
+        )
     ).all()
     for row in expired:
+        lost = f"The worker running attempt {row.attempt} stopped answering"
         if row.cancel_requested:
             state.transition(row, "cancelled")
             repository.add_event(session, row.id, "Job cancelled (its worker had stopped).")
-            continue
-        state.transition(row, "queued", lease_owner=None, lease_expires_at=None, enqueued_at=now)
-        repository.add_event(
-            session,
-            row.id,
-            f"The worker running attempt {row.attempt} stopped answering; job requeued.",
-            level="warning",
-        )
-        to_enqueue.append(row.id)
+        elif row.status == "validating_files":
+            # nothing ran yet: the next worker checks the files again
+            state.release(row)
+            row.enqueued_at = now
+            repository.add_event(session, row.id, f"{lost}; job requeued.", level="warning")
+            to_enqueue.append(row.id)
+        elif row.status == "pausing":
+            # it was stopping anyway: its last stored checkpoint is where it resumes from
+            state.paused(row)
+            repository.add_event(
+                session,
+                row.id,
+                f"{lost} while pausing; job paused at its last stored checkpoint.",
+                level="warning",
+            )
+        else:
+            state.requeue(row, now)
+            repository.add_event(
+                session,
+                row.id,
+                f"{lost}; job requeued to resume from its last checkpoint.",
+                level="warning",
+            )
+            to_enqueue.append(row.id)
     stale = session.scalars(
         select(JobRow).where(
-            JobRow.status == "queued",
+            JobRow.status.in_(state.CLAIMABLE),
+            JobRow.lease_owner.is_(None),
             (JobRow.enqueued_at.is_(None)) | (JobRow.enqueued_at < now - requeue_after_seconds),
         )
     ).all()
     for row in stale:
+        if row.id in to_enqueue:
+            continue
         row.enqueued_at = now
         to_enqueue.append(row.id)
     return to_enqueue

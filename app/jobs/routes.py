@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi.responses import FileResponse
 
-from app.deps import SessionDep, SettingsDep
+from app.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.errors import not_found
 from app.jobs import repository, service
-from app.jobs.schemas import JobCreate, JobPublic
+from app.jobs.schemas import CheckpointPublic, JobCreate, JobPublic
+from app.models.export import tarball
 from app.pagination import check_limit, page
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -16,41 +20,115 @@ log = logging.getLogger(__name__)
 
 @router.post("", response_model=JobPublic)
 def create_job(
-    request: Request, session: SessionDep, settings: SettingsDep, body: JobCreate
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: JobCreate,
 ) -> JobPublic:
     assert settings.models_dir is not None
-    row = service.create_job(session, settings.models_dir, body)
+    row = service.create_job(
+        session,
+        settings.models_dir,
+        body,
+        project_id=principal.project_id,
+        max_unfinished=settings.quota_concurrent_jobs,
+    )
     session.commit()  # enqueue only what is committed
-    try:
-        request.app.state.enqueue(row.id)
-    except Exception:
-        log.exception("could not enqueue %s; the reconciler will retry", row.id)
+    _enqueue(request, row.id)
     return JobPublic.of(row)
+
+
+def _enqueue(request: Request, job_id: str) -> None:
+    try:
+        request.app.state.enqueue(job_id)
+    except Exception:
+        log.exception("could not enqueue %s; the reconciler will retry", job_id)
 
 
 @router.get("")
 def list_jobs(
-    session: SessionDep, after: str | None = None, limit: Annotated[int, Query()] = 20
+    principal: PrincipalDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query()] = 20,
 ) -> dict[str, Any]:
-    rows = repository.list_page(session, after=after, limit=check_limit(limit))
+    rows = repository.list_page(
+        session, project_id=principal.project_id, after=after, limit=check_limit(limit)
+    )
     return page([JobPublic.of(r).model_dump() for r in rows], limit)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def retrieve_job(session: SessionDep, job_id: str) -> JobPublic:
-    return JobPublic.of(service.get_job(session, job_id))
+async def retrieve_job(request: Request, principal: PrincipalDep, job_id: str) -> JobPublic:
+    """The status every client polls: one query scoped to the caller's project, on the hot
+    read path (app/reads.py) rather than through a session in a thread."""
+    row = await request.app.state.reads.job(job_id, principal.project_id)
+    if row is None:
+        raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
+    return JobPublic.of(row)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(session: SessionDep, job_id: str) -> JobPublic:
-    return JobPublic.of(service.cancel_job(session, job_id))
+def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobPublic:
+    return JobPublic.of(service.cancel_job(session, job_id, principal.project_id))
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic)
+def pause_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobPublic:
+    return JobPublic.of(service.pause_job(session, job_id, principal.project_id))
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic)
+def resume_job(
+    request: Request, principal: PrincipalDep, session: SessionDep, job_id: str
+) -> JobPublic:
+    row = service.resume_job(session, job_id, principal.project_id)
+    session.commit()  # enqueue only what is committed
+    _enqueue(request, row.id)
+    return JobPublic.of(row)
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(
+    principal: PrincipalDep,
+    session: SessionDep,
+    job_id: str,
+    after: str | None = None,
+    limit: Annotated[int, Query()] = 10,
+) -> dict[str, Any]:
+    service.get_job(session, job_id, principal.project_id)
+    rows = repository.list_checkpoints(session, job_id, after=after, limit=check_limit(limit))
+    return page([CheckpointPublic.of(r).model_dump() for r in rows], limit)
+
+
+@router.get("/{job_id}/checkpoints/{checkpoint_id}/content")
+def download_checkpoint(
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    background: BackgroundTasks,
+    job_id: str,
+    checkpoint_id: str,
+) -> FileResponse:
+    """The checkpoint's model as a tar.gz (adapter or whole model, tokenizer, tunery.json)."""
+    row = service.get_checkpoint(session, job_id, checkpoint_id, principal.project_id)
+    top = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{job_id}-step-{row.step}")
+    path = tarball(store, row.artifact_key, top, settings.cache_dir / "exports")
+    background.add_task(path.unlink, missing_ok=True)
+    return FileResponse(path, media_type="application/gzip", filename=f"{top}.tar.gz")
 
 
 @router.get("/{job_id}/events")
 def list_events(
-    session: SessionDep, job_id: str, after: str | None = None, limit: Annotated[int, Query()] = 20
+    principal: PrincipalDep,
+    session: SessionDep,
+    job_id: str,
+    after: str | None = None,
+    limit: Annotated[int, Query()] = 20,
 ) -> dict[str, Any]:
-    service.get_job(session, job_id)
+    service.get_job(session, job_id, principal.project_id)
     rows = repository.list_events(session, job_id, after=after, limit=check_limit(limit))
     items = [
         {
@@ -68,5 +146,5 @@ def list_events(
 
 
 @router.get("/{job_id}/metrics")
-def job_metrics(session: SessionDep, job_id: str) -> dict[str, Any]:
-    return service.metrics_of(session, service.get_job(session, job_id))
+def job_metrics(principal: PrincipalDep, session: SessionDep, job_id: str) -> dict[str, Any]:
+    return service.metrics_of(session, service.get_job(session, job_id, principal.project_id))

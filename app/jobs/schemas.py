@@ -6,13 +6,28 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.tables import JobRow
+from app.tables import JobCheckpointRow, JobRow
 
 Auto = Literal["auto"]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+LrScheduler = Literal["linear", "cosine", "constant"]
+MetricName = Literal[
+    "eval_loss", "accuracy", "f1", "precision", "recall", "perplexity", "token_accuracy"
+]
+
+
+class EarlyStopping(Strict):
+    """Stop when `metric` has not improved by more than `min_delta` for `patience` evaluations."""
+
+    patience: Annotated[int, Field(ge=1, le=100)] = 3
+    # default: the job's best_metric
+    metric: MetricName | None = None
+    min_delta: Annotated[float, Field(ge=0, le=1000)] = 0.0
 
 
 class Hyperparameters(Strict):
@@ -22,6 +37,24 @@ class Hyperparameters(Strict):
     learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = "auto"
     max_seq_length: Annotated[int, Field(ge=8, le=32768)] | None = None
     validation_split: Annotated[float, Field(gt=0, le=0.5)] | None = None
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
+    lr_scheduler: LrScheduler | None = None
+    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] | None = None
+    weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None
+    # 0 turns gradient clipping off
+    max_grad_norm: Annotated[float, Field(ge=0, le=1000)] | None = None
+    # evaluate every N steps; None or "epoch": at every epoch end
+    eval_steps: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["epoch"] | None = None
+    # also checkpoint every N steps (epoch ends and evaluations always checkpoint)
+    checkpoint_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    logging_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    early_stopping: EarlyStopping | None = None
+    best_metric: MetricName | None = None
+    # causal LM: also take the loss on prompts / system and user turns
+    train_on_inputs: bool | None = None
+    gradient_checkpointing: bool | None = None
+    # causal LM padding-free batches; None ("auto"): on where a GPU runs a model that can
+    packing: bool | Auto | None = None
 
     @model_validator(mode="after")
     def _one_learning_rate(self) -> Hyperparameters:
@@ -64,7 +97,13 @@ class FreezeType(Strict):
     trainable_layers: Annotated[int, Field(ge=0, le=1000)] = 2
 
 
-TrainingType = Annotated[LoraType | FullType | FreezeType, Field(discriminator="type")]
+class QLoraType(LoraType):
+    """LoRA on a 4-bit (NF4) base: needs a worker with a CUDA GPU and bitsandbytes."""
+
+    type: Literal["qlora"]  # type: ignore[assignment]
+
+
+TrainingType = Annotated[LoraType | QLoraType | FullType | FreezeType, Field(discriminator="type")]
 
 
 class JobCreate(Strict):
@@ -81,6 +120,9 @@ class JobCreate(Strict):
     hyperparameters: Hyperparameters | None = None
     training_type: TrainingType | None = None
     integrations: list[dict[str, Any]] | None = None
+    # start from another job's checkpoint (its id "ftckpt-..." or its model name
+    # "ft:...:ckpt-step-N"): its weights, with a fresh optimizer and schedule
+    from_checkpoint: Annotated[str, Field(min_length=1, max_length=600)] | None = None
 
     @model_validator(mode="after")
     def _limits(self) -> JobCreate:
@@ -128,6 +170,7 @@ class JobPublic(BaseModel):
     progress: dict[str, Any]
     best_step: int | None
     attempt: int
+    from_checkpoint: str | None = None
 
     @classmethod
     def of(cls, row: JobRow) -> JobPublic:
@@ -154,4 +197,30 @@ class JobPublic(BaseModel):
             progress=row.progress or {},
             best_step=row.best_step,
             attempt=row.attempt,
+            from_checkpoint=row.from_checkpoint,
+        )
+
+
+class CheckpointPublic(BaseModel):
+    """OpenAI's fine_tuning.job.checkpoint."""
+
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]
+    epoch: float | None
+
+    @classmethod
+    def of(cls, row: JobCheckpointRow) -> CheckpointPublic:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            fine_tuned_model_checkpoint=row.model_name,
+            fine_tuning_job_id=row.job_id,
+            step_number=row.step,
+            metrics=row.metrics,
+            epoch=row.epoch,
         )

@@ -1,4 +1,5 @@
-"""Job rules: validation at create time, resolved hyperparameters, cancel."""
+"""Job rules: validation at create time, resolved hyperparameters, cancel, pause, resume,
+the files checked again when a job starts, and checkpoints."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.auth import quota_exceeded
 from app.errors import APIError, not_found
 from app.files import repository as files_repo
-from app.files.formats import FORMATS_BY_TASK
+from app.files.formats import FORMATS_BY_TASK, inspect_file
 from app.ids import new_id
 from app.jobs import repository, state
-from app.jobs.schemas import FreezeType, JobCreate, LoraType
+from app.jobs.schemas import FreezeType, Hyperparameters, JobCreate, LoraType, TrainingType
 from app.models.registry import BaseModel, list_base_models, resolve_base_model
-from app.tables import FileRow, JobRow
+from app.storage import ArtifactStore
+from app.tables import FileRow, JobCheckpointRow, JobRow
 
 # Base learning rates per (task, training type); learning_rate_multiplier scales these.
 BASE_LEARNING_RATE = {
@@ -32,6 +35,33 @@ DEFAULT_N_EPOCHS = 3
 DEFAULT_BATCH_SIZE = {"classification": 16, "causal-lm": 8}
 DEFAULT_MAX_SEQ_LENGTH = 256
 DEFAULT_VALIDATION_SPLIT = 0.1
+# "auto" n_epochs (OpenAI's rule): 3 epochs, more for small files so that about 100 examples
+# are seen in all, fewer for big ones so that about 25000 are, within 1..25.
+MIN_TARGET_EXAMPLES = 100
+MAX_TARGET_EXAMPLES = 25_000
+MAX_AUTO_EPOCHS = 25
+# Defaults of the optional hyperparameters (docs/training.md), written onto every job.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler": "linear",
+    "warmup_ratio": 0.0,
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "eval_steps": None,
+    "checkpoint_steps": None,
+    "logging_steps": None,
+    "early_stopping": None,
+    "best_metric": "eval_loss",
+    "gradient_checkpointing": False,
+    "packing": None,
+}
+METRICS_BY_TASK = {
+    "classification": ("eval_loss", "accuracy", "f1", "precision", "recall"),
+    "causal-lm": ("eval_loss", "perplexity", "token_accuracy"),
+}
+ADAPTER_TYPES = ("lora", "qlora")
+# the jobs TUNERY_QUOTA_CONCURRENT_JOBS counts: every one that has not finished
+QUOTA_STATUSES = tuple(sorted(state.ACTIVE))
 FORMAT_HINT = {
     "classification": 'rows {"text": ..., "label": ...} (or CSV with header text,label)',
     "causal-lm": 'rows {"prompt": ..., "completion": ...} or {"messages": [...]}',
@@ -54,8 +84,10 @@ def _base_model(models_dir: Path, model_id: str) -> BaseModel:
     return model
 
 
-def _checked_file(session: Session, file_id: str, param: str, task: str) -> FileRow:
-    row = files_repo.get(session, file_id)
+def _checked_file(
+    session: Session, file_id: str, param: str, task: str, project_id: str
+) -> FileRow:
+    row = files_repo.get(session, file_id, project_id)
     if row is None:
         raise APIError(
             400,
@@ -93,16 +125,169 @@ def _layer_count(model: BaseModel) -> int | None:
     return None
 
 
-def _n_epochs(rows: int) -> int:
+def auto_n_epochs(n_train: int) -> int:
+    if n_train <= 0:
+        return DEFAULT_N_EPOCHS
+    if n_train * DEFAULT_N_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_AUTO_EPOCHS, MIN_TARGET_EXAMPLES // n_train)
+    if n_train * DEFAULT_N_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n_train)
     return DEFAULT_N_EPOCHS
 
 
-def create_job(session: Session, models_dir: Path, request: JobCreate) -> JobRow:
-    base = _base_model(models_dir, request.model)
-    train = _checked_file(session, request.training_file, "training_file", base.task)
-    if request.validation_file is not None:
-        _checked_file(session, request.validation_file, "validation_file", base.task)
+def model_name(job: JobRow) -> str:
+    """The fine-tuned model's name: ft:<base>:<suffix>:<job id>."""
+    return f"ft:{job.model}:{job.suffix or ''}:{job.id}"
 
+
+def checkpoint_model_name(job: JobRow, step: int) -> str:
+    return f"{model_name(job)}:ckpt-step-{step}"
+
+
+def _source_checkpoint(
+    session: Session,
+    reference: str,
+    base: BaseModel,
+    asked: TrainingType | None,
+    project_id: str,
+) -> tuple[JobCheckpointRow, dict[str, Any]]:
+    """The checkpoint from_checkpoint names, and the training type the new job uses."""
+    checkpoint = repository.get_checkpoint(session, reference) or (
+        repository.checkpoint_by_model_name(session, reference)
+    )
+    source = (
+        repository.get(session, checkpoint.job_id, project_id) if checkpoint is not None else None
+    )
+    if checkpoint is None or source is None:
+        raise APIError(
+            400,
+            f"from_checkpoint '{reference}' does not exist; list a job's checkpoints with GET "
+            "/v1/fine_tuning/jobs/{id}/checkpoints and pass an id or fine_tuned_model_checkpoint.",
+            param="from_checkpoint",
+            code="checkpoint_not_found",
+        )
+    if source.model != base.id:
+        raise APIError(
+            400,
+            f"Checkpoint {checkpoint.id} was trained from {source.model}, not {base.id}; set "
+            f"model to {source.model}.",
+            param="model",
+            code="checkpoint_model_mismatch",
+        )
+    inherited = dict(source.training_type)
+    if asked is None:
+        return checkpoint, inherited
+    wanted = asked.model_dump()
+    source_adapter = inherited.get("type") in ADAPTER_TYPES
+    if source_adapter != (wanted["type"] in ADAPTER_TYPES) or (
+        source_adapter
+        and (wanted["r"], wanted["target_modules"])
+        != (inherited.get("r"), inherited.get("target_modules"))
+    ):
+        holds, use = (
+            ("a LoRA adapter", "lora or qlora with the same r and target_modules")
+            if source_adapter
+            else ("a whole model", "full or freeze")
+        )
+        raise APIError(
+            400,
+            f"Checkpoint {checkpoint.id} holds {holds} (training_type {inherited}); a job "
+            f"started from it continues that: use {use}, or leave training_type out to "
+            "inherit it.",
+            param="training_type",
+            code="checkpoint_training_type_mismatch",
+        )
+    return checkpoint, wanted
+
+
+def _resolve_hyperparameters(
+    asked: Hyperparameters, task: str, training_type: str, n_train: int
+) -> dict[str, Any]:
+    """Every hyperparameter with its value for this job ("auto" and defaults resolved)."""
+    multiplier = 1.0 if asked.learning_rate_multiplier == "auto" else asked.learning_rate_multiplier
+    base_lr = BASE_LEARNING_RATE[(task, "lora" if training_type == "qlora" else training_type)]
+    learning_rate = asked.learning_rate if asked.learning_rate is not None else base_lr * multiplier
+    validation_split = asked.validation_split or DEFAULT_VALIDATION_SPLIT
+    resolved: dict[str, Any] = {
+        "n_epochs": auto_n_epochs(n_train) if asked.n_epochs == "auto" else asked.n_epochs,
+        "batch_size": DEFAULT_BATCH_SIZE[task] if asked.batch_size == "auto" else asked.batch_size,
+        "learning_rate_multiplier": learning_rate / base_lr,
+        "learning_rate": learning_rate,
+        "max_seq_length": asked.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
+        "validation_split": validation_split,
+    }
+    given = asked.model_dump(exclude_unset=True)
+    for name, default in DEFAULT_OPTIONS.items():
+        value = given.get(name, default)
+        resolved[name] = default if value is None else value
+    if resolved["eval_steps"] == "epoch":
+        resolved["eval_steps"] = None
+    if resolved["packing"] == "auto":
+        resolved["packing"] = None
+    if asked.early_stopping is not None:
+        # written back whole, the metric resolved (it defaults to best_metric)
+        early = asked.early_stopping.model_dump()
+        early["metric"] = early["metric"] or resolved["best_metric"]
+        resolved["early_stopping"] = early
+    allowed = METRICS_BY_TASK[task]
+    early = resolved["early_stopping"]
+    for param, metric in (
+        ("best_metric", resolved["best_metric"]),
+        ("early_stopping.metric", early.get("metric") if early else None),
+    ):
+        if metric is not None and metric not in allowed:
+            raise APIError(
+                400,
+                f"hyperparameters.{param} '{metric}' is not a {task} metric; use one of "
+                f"{', '.join(allowed)}.",
+                param=f"hyperparameters.{param}",
+            )
+    if task == "causal-lm":
+        resolved["train_on_inputs"] = bool(given.get("train_on_inputs") or False)
+    elif given.get("train_on_inputs"):
+        raise APIError(
+            400,
+            "hyperparameters.train_on_inputs applies to causal-lm jobs; a classification job "
+            "always learns the label only. Leave it out.",
+            param="hyperparameters.train_on_inputs",
+        )
+    return resolved
+
+
+def _check_job_quota(session: Session, project_id: str, quota: int | None) -> None:
+    if quota is None:
+        return
+    unfinished = repository.count_unfinished(session, project_id, QUOTA_STATUSES)
+    if unfinished >= quota:
+        raise quota_exceeded(
+            f"The project has {unfinished} unfinished jobs (queued, running, pausing or "
+            f"paused) and its quota is {quota} at a time. Wait for one to finish, cancel one "
+            "with POST /v1/fine_tuning/jobs/{id}/cancel, or ask the operator to raise "
+            "TUNERY_QUOTA_CONCURRENT_JOBS.",
+            retry_after=30,
+        )
+
+
+def create_job(
+    session: Session,
+    models_dir: Path,
+    request: JobCreate,
+    *,
+    project_id: str,
+    max_unfinished: int | None = None,
+) -> JobRow:
+    base = _base_model(models_dir, request.model)
+    train = _checked_file(session, request.training_file, "training_file", base.task, project_id)
+    if request.validation_file is not None:
+        _checked_file(session, request.validation_file, "validation_file", base.task, project_id)
+
+    source: JobCheckpointRow | None = None
+    if request.from_checkpoint is not None:
+        source, training_type_fields = _source_checkpoint(
+            session, request.from_checkpoint, base, request.training_type, project_id
+        )
+    else:
+        training_type_fields = (request.training_type or LoraType(type="lora")).model_dump()
     training_type = request.training_type or LoraType(type="lora")
     if isinstance(training_type, FreezeType):
         layers = _layer_count(base)
@@ -115,32 +300,29 @@ def create_job(session: Session, models_dir: Path, request: JobCreate) -> JobRow
             )
 
     asked = request.requested_hyperparameters()
-    multiplier = 1.0 if asked.learning_rate_multiplier == "auto" else asked.learning_rate_multiplier
-    base_lr = BASE_LEARNING_RATE[(base.task, training_type.type)]
-    learning_rate = asked.learning_rate if asked.learning_rate is not None else base_lr * multiplier
-    hyperparameters: dict[str, Any] = {
-        "n_epochs": _n_epochs(int(train.stats.get("rows", 0)))
-        if asked.n_epochs == "auto"
-        else asked.n_epochs,
-        "batch_size": DEFAULT_BATCH_SIZE[base.task]
-        if asked.batch_size == "auto"
-        else asked.batch_size,
-        "learning_rate_multiplier": learning_rate / base_lr,
-        "learning_rate": learning_rate,
-        "max_seq_length": asked.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
-        "validation_split": asked.validation_split or DEFAULT_VALIDATION_SPLIT,
-    }
+    n_rows = int(train.stats.get("rows", 0))
+    if request.validation_file is None:
+        # the rows validation_split holds out do not train
+        n_rows = round(n_rows * (1 - (asked.validation_split or DEFAULT_VALIDATION_SPLIT)))
+    hyperparameters = _resolve_hyperparameters(
+        asked, base.task, str(training_type_fields["type"]), n_rows
+    )
     seed = request.seed if request.seed is not None else random.randint(0, 2**31 - 1)
+    # last, so a request that is wrong anyway says what is wrong with it first
+    _check_job_quota(session, project_id, max_unfinished)
     row = JobRow(
         id=new_id("ftjob"),
+        project_id=project_id,
         model=base.id,
         task=base.task,
-        status="queued",
+        # the worker that claims it checks the files again before training
+        status="validating_files",
         training_file=request.training_file,
         validation_file=request.validation_file,
         hyperparameters=hyperparameters,
         method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        training_type=training_type.model_dump(),
+        training_type=training_type_fields,
+        from_checkpoint=source.id if source is not None else None,
         seed=seed,
         suffix=request.suffix or None,
         user_metadata=request.metadata,
@@ -151,34 +333,142 @@ def create_job(session: Session, models_dir: Path, request: JobCreate) -> JobRow
     session.add(row)
     session.flush()
     repository.add_event(session, row.id, f"Created fine-tuning job {row.id} on {base.id}.")
+    if source is not None:
+        repository.add_event(
+            session,
+            row.id,
+            f"Starting from checkpoint {source.id} ({source.model_name}): its weights, with a "
+            "fresh optimizer and schedule.",
+        )
     return row
 
 
-def get_job(session: Session, job_id: str) -> JobRow:
-    row = repository.get(session, job_id)
+def get_job(session: Session, job_id: str, project_id: str) -> JobRow:
+    row = repository.get(session, job_id, project_id)
     if row is None:
         raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
     return row
 
 
-def cancel_job(session: Session, job_id: str) -> JobRow:
-    row = get_job(session, job_id)
+def cancel_job(session: Session, job_id: str, project_id: str) -> JobRow:
+    row = get_job(session, job_id, project_id)
     if row.status in state.TERMINAL:
         raise APIError(
             409,
-            f"Job {job_id} is already {row.status}; only queued or running jobs can be cancelled.",
+            f"Job {job_id} is already {row.status}; only unfinished jobs can be cancelled.",
             param="fine_tuning_job_id",
             code="job_not_cancellable",
         )
     row.cancel_requested = True
-    if row.status in ("validating_files", "queued"):
+    if row.status in ("validating_files", "queued", "paused"):
+        was = row.status
         state.transition(row, "cancelled")
-        repository.add_event(session, job_id, "Job cancelled before it started.")
+        repository.add_event(
+            session,
+            job_id,
+            "Job cancelled while paused; its checkpoints stay available."
+            if was == "paused"
+            else "Job cancelled before it started.",
+        )
     else:
         # the worker running it sees the flag within a second, stops the trainer and
         # records the cancellation
         repository.add_event(session, job_id, "Cancellation requested.")
     session.flush()
+    return row
+
+
+def pause_job(session: Session, job_id: str, project_id: str) -> JobRow:
+    row = get_job(session, job_id, project_id)
+    if row.status in ("pausing", "paused"):
+        return row
+    if row.status != "running":
+        raise APIError(
+            409,
+            f"Job {job_id} is {row.status}; only a running job can be paused (cancel a job "
+            "that has not started yet).",
+            param="fine_tuning_job_id",
+            code="job_not_pausable",
+        )
+    state.request_pause(row)
+    repository.add_event(
+        session, job_id, "Pause requested: the trainer saves a checkpoint at its next step."
+    )
+    session.flush()
+    return row
+
+
+def resume_job(session: Session, job_id: str, project_id: str) -> JobRow:
+    row = get_job(session, job_id, project_id)
+    if row.status != "paused":
+        raise APIError(
+            409,
+            f"Job {job_id} is {row.status}; only a paused job can be resumed.",
+            param="fine_tuning_job_id",
+            code="job_not_paused",
+        )
+    state.resume(row, time.time())
+    latest = repository.latest_checkpoint(session, job_id)
+    where = f"checkpoint step {latest.step}" if latest else "the start (no checkpoint was stored)"
+    repository.add_event(session, job_id, f"Job resumed; it continues from {where}.")
+    session.flush()
+    return row
+
+
+def check_files_again(session: Session, store: ArtifactStore, row: JobRow) -> dict[str, Any] | None:
+    """The job's files, validated again as the job starts; the error to fail it with, or None.
+
+    An upload was checked when it arrived; this catches a file deleted since, a stored copy
+    that changed, and rules added to the validator after the upload.
+    """
+    for param, file_id in (
+        ("training_file", row.training_file),
+        ("validation_file", row.validation_file),
+    ):
+        if file_id is None:
+            continue
+        file_row = files_repo.get(session, file_id, row.project_id)
+        if file_row is None:
+            return {
+                "code": "file_not_found",
+                "message": f"{param} {file_id} was deleted before the job started; upload it "
+                "again and create a new job.",
+                "param": param,
+            }
+        try:
+            report = inspect_file(store.local_file(file_row.storage_key), file_row.filename)
+        except OSError as exc:
+            return {
+                "code": "file_unreadable",
+                "message": f"{param} {file_id} ({file_row.filename}) cannot be read from the "
+                f"artifact store: {exc}. Upload it again and create a new job.",
+                "param": param,
+            }
+        if not report.ok:
+            return {
+                "code": "invalid_file",
+                "message": f"{param} {file_id} ({file_row.filename}) failed validation when the "
+                f"job started: {report.status_details} Fix the file, upload it again and create "
+                "a new job.",
+                "param": param,
+            }
+        if report.format not in FORMATS_BY_TASK[row.task]:
+            return {
+                "code": "invalid_file_format",
+                "message": f"{param} {file_id} ({file_row.filename}) is in {report.format} "
+                f"format; a {row.task} job needs {FORMAT_HINT[row.task]}.",
+                "param": param,
+            }
+    return None
+
+
+def get_checkpoint(
+    session: Session, job_id: str, checkpoint_id: str, project_id: str
+) -> JobCheckpointRow:
+    get_job(session, job_id, project_id)
+    row = repository.get_checkpoint(session, checkpoint_id)
+    if row is None or row.job_id != job_id:
+        raise not_found("checkpoint", checkpoint_id, param="fine_tuning_checkpoint_id")
     return row
 
 

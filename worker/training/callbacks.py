@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -66,11 +67,16 @@ class EventCallback(TrainerCallback):
         self.events = events
         self.task = task
         self.started_fields = started_fields
+        # tokens/s between two logs
+        self._last_time = 0.0
+        self._last_tokens = 0
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.events.start({"total_steps": state.max_steps, **self.started_fields})
+        self._last_time = time.monotonic()
+        self._last_tokens = int(state.num_input_tokens_seen)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -96,6 +102,10 @@ class EventCallback(TrainerCallback):
         # only the first are log events (evals come through on_evaluate).
         if not logs or "loss" not in logs:
             return
+        now, tokens = time.monotonic(), int(state.num_input_tokens_seen)
+        elapsed = now - self._last_time
+        tokens_per_second = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
+        self._last_time, self._last_tokens = now, tokens
         self.events.emit(
             {
                 "type": "log",
@@ -104,8 +114,15 @@ class EventCallback(TrainerCallback):
                 "train_loss": logs["loss"],
                 "learning_rate": logs.get("learning_rate"),
                 "grad_norm": logs.get("grad_norm"),
+                "tokens_per_second": tokens_per_second,
             }
         )
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # An evaluation and a save follow the log at the same step: tokens/s counts training.
+        self._last_time = time.monotonic()
 
     def on_evaluate(
         self,

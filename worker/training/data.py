@@ -189,14 +189,25 @@ def encode_classification(
     return encoded
 
 
-def encode_causal(rows: list[Row], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Encoded:
-    """input_ids, attention_mask and labels (IGNORE_INDEX where no loss is taken)."""
+def encode_causal(
+    rows: list[Row],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    train_on_inputs: bool = False,
+) -> Encoded:
+    """input_ids, attention_mask and labels (IGNORE_INDEX where no loss is taken).
+
+    The loss is on completions / assistant turns only, unless `train_on_inputs` puts it on
+    every token (prompts, system and user turns too).
+    """
     encoded = Encoded([])
     for row in rows:
         if "messages" in row:
             input_ids, labels = _chat_tokens(row["messages"], tokenizer)
         else:
             input_ids, labels = _prompt_completion_tokens(row, tokenizer)
+        if train_on_inputs:
+            labels = list(input_ids)
         if len(input_ids) > max_length:
             encoded.truncated += 1
             input_ids, labels = input_ids[:max_length], labels[:max_length]

@@ -1,14 +1,22 @@
-"""The model to train: load the base, then apply the recipe (LoRA, full, or freeze)."""
+"""The model to train: load the base, then apply the recipe (LoRA, QLoRA, full, or freeze)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import (
+    LoraConfig,
+    PeftModel,
+    TaskType,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+)
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 from transformers import (
@@ -16,12 +24,19 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BitsAndBytesConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+)
 from transformers.pytorch_utils import Conv1D
 
+from app.models.registry import ENCODER_TYPES
+from worker.training.layout import MANIFEST
 from worker.training.spec import Task, TrainingFailure, TrainingType
 
 # Output heads: trained by every recipe, kept whole (not LoRA-adapted) in adapters.
@@ -50,8 +65,97 @@ def load_tokenizer(base_dir: Path) -> PreTrainedTokenizerBase:
         ) from exc
 
 
-def load_model(task: Task, base_dir: Path, labels: list[str]) -> PreTrainedModel:
-    """The base with the task's head, in float32 (training precision; autocast does bf16)."""
+def check_task(config: PretrainedConfig, task: Task, base_dir: Path) -> None:
+    """Refuse a base model that cannot do the job's task, before any weight is loaded."""
+    model_type = str(getattr(config, "model_type", ""))
+    name = base_dir.name
+    if task == "classification":
+        if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+            raise TrainingFailure(
+                "invalid_base_model",
+                f"{name} (model_type {model_type!r}) has no sequence-classification head in "
+                "transformers, so it cannot be tuned to classify; choose an encoder such as BERT "
+                "or MiniLM, or a decoder such as Llama or Qwen",
+                "model",
+            )
+        return
+    if getattr(config, "is_encoder_decoder", False):
+        raise TrainingFailure(
+            "invalid_base_model",
+            f"{name} (model_type {model_type!r}) is an encoder-decoder model; causal-lm jobs "
+            "need a decoder-only model such as Llama, Qwen or GPT-2",
+            "model",
+        )
+    is_encoder = model_type in ENCODER_TYPES and not getattr(config, "is_decoder", False)
+    if is_encoder or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise TrainingFailure(
+            "invalid_base_model",
+            f"{name} (model_type {model_type!r}) cannot generate text: it is not a decoder "
+            "(causal language model). Train a classification job on it instead, or choose a "
+            "decoder such as Llama, Qwen or GPT-2",
+            "model",
+        )
+
+
+def read_init_manifest(init_dir: Path) -> dict[str, Any]:
+    """tunery.json of a checkpoint a job starts from (from_checkpoint)."""
+    try:
+        manifest = json.loads((init_dir / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingFailure(
+            "invalid_checkpoint",
+            f"the checkpoint to start from has no readable {MANIFEST}: {exc}",
+            "from_checkpoint",
+        ) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") not in ("adapter", "full"):
+        raise TrainingFailure(
+            "invalid_checkpoint",
+            f"the checkpoint to start from has an unknown format in {MANIFEST}",
+            "from_checkpoint",
+        )
+    return manifest
+
+
+def quantization_config() -> BitsAndBytesConfig:
+    """QLoRA's 4-bit NF4 base; refuses loudly where it cannot run (never falls back)."""
+    if not torch.cuda.is_available():
+        raise TrainingFailure(
+            "gpu_required",
+            "training_type qlora quantizes the base model to 4 bits with bitsandbytes, which "
+            "needs a CUDA GPU, and this worker has none. Use training_type lora (the same "
+            "adapter on a full-precision base) or run the job on a worker with a GPU.",
+            "training_type",
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainingFailure(
+            "gpu_required",
+            "training_type qlora needs the bitsandbytes package on the worker; install it "
+            "(pip install 'tunery[gpu]') or use training_type lora.",
+            "training_type",
+        )
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_model(
+    task: Task,
+    base_dir: Path,
+    labels: list[str],
+    quantization: BitsAndBytesConfig | None = None,
+    device_index: int = 0,
+) -> PreTrainedModel:
+    """The base with the task's head, in float32 (training precision; autocast does bf16).
+
+    With `quantization` (QLoRA) the weights load in 4 bits straight onto this process's GPU.
+    """
+    extra: dict[str, Any] = {}
+    if quantization is not None:
+        extra = {"quantization_config": quantization, "device_map": {"": device_index}}
     try:
         if task == "classification":
             # A bare encoder (e.g. MiniLM) gets a new, seeded head; one with another label set
@@ -64,11 +168,17 @@ def load_model(task: Task, base_dir: Path, labels: list[str]) -> PreTrainedModel
                 ignore_mismatched_sizes=True,
                 dtype=torch.float32,
                 **SAFE_LOAD,
+                **extra,
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, **SAFE_LOAD)
+            model = AutoModelForCausalLM.from_pretrained(
+                base_dir, dtype=torch.float32, **SAFE_LOAD, **extra
+            )
     except (OSError, ValueError) as exc:
         raise TrainingFailure("invalid_base_model", f"cannot load the base model: {exc}") from exc
+    if quantization is not None:
+        # casts norms to fp32 and makes the inputs carry gradients through the frozen 4-bit base
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model
 
 
@@ -77,8 +187,13 @@ def apply_recipe(
     task: Task,
     training_type: TrainingType,
     note: Callable[[str, str], None],
+    adapter_dir: Path | None = None,
 ) -> nn.Module:
-    if training_type.type == "lora":
+    """Make the model trainable per the recipe; `adapter_dir` continues that adapter instead
+    of starting a new one (a job started from another job's LoRA checkpoint)."""
+    if training_type.is_adapter:
+        if adapter_dir is not None:
+            return _continue_adapter(model, adapter_dir)
         return _lora(model, task, training_type)
     if training_type.type == "freeze":
         _freeze(model, training_type.trainable_layers, note)
@@ -112,6 +227,19 @@ def _lora(model: PreTrainedModel, task: Task, training_type: TrainingType) -> Pe
     except ValueError as exc:
         raise TrainingFailure(
             "invalid_training_type", f"cannot apply LoRA: {exc}", "training_type"
+        ) from exc
+
+
+def _continue_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise TrainingFailure(
+            "invalid_checkpoint",
+            f"cannot continue the checkpoint's adapter on this base model: {exc}",
+            "from_checkpoint",
         ) from exc
 
 

@@ -2,7 +2,7 @@
 
 SPEC_JSON is the path of the spec file (or the spec itself as JSON text). Events are
 appended to spec["events_path"], one JSON object per line, flushed per line. Exit status:
-0 after `succeeded`, 1 after `failed`, 2 for a bad command line.
+0 after `succeeded` or `paused`, 1 after `failed`, 2 for a bad command line.
 """
 
 from __future__ import annotations
@@ -14,22 +14,23 @@ import shutil
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     PretrainedConfig,
     PreTrainedTokenizerBase,
-    TrainerState,
     TrainingArguments,
     set_seed,
 )
 from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
 from worker.training.callbacks import EventCallback, EventLog, GuardedTrainer, NonFiniteLoss
+from worker.training.checkpoints import CheckpointHandoff, best_checkpoint_dir
 from worker.training.data import (
     Encoded,
     ListDataset,
@@ -41,32 +42,62 @@ from worker.training.data import (
     prepare_tokenizer,
 )
 from worker.training.export import export_model
-from worker.training.metrics import (
-    ClassificationMetrics,
-    argmax_logits,
-    causal_lm_metrics,
-    eval_fields,
+from worker.training.launch import die_with_parent
+from worker.training.layout import (
+    CHECKPOINTS_DIRNAME,
+    PAUSE_FILENAME,
+    checkpoint_dirname,
+    checkpoint_steps,
 )
+from worker.training.metrics import ClassificationMetrics, argmax_logits, causal_lm_metrics
+from worker.training.packing import packing_collator, packing_supported
 from worker.training.recipes import (
     apply_recipe,
+    check_task,
     count_parameters,
     load_config,
     load_model,
     load_tokenizer,
+    quantization_config,
+    read_init_manifest,
 )
+from worker.training.schedule import PauseSignal, TrainingSchedule
 from worker.training.spec import Hyperparameters, TrainingFailure, TrainSpec, parse_spec
 
-CHECKPOINTS_DIRNAME = "checkpoints"
 # Effectively unlimited tokenizer.model_max_length values mean "no limit was configured".
 _NO_LIMIT = 1_000_000
 # An exception's text can be huge (a tensor dump); the event keeps the start.
 _MAX_MESSAGE = 4000
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the trainer processes (torchrun's environment variables)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Ranks:
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        )
+
+
 def train(
-    spec: dict[str, Any] | TrainSpec, emit: Callable[[dict[str, Any]], None]
+    spec: dict[str, Any] | TrainSpec,
+    emit: Callable[[dict[str, Any]], None],
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
-    """Train per the spec, emitting events; return the `succeeded` event.
+    """Train per the spec, emitting events; return the final event (`succeeded`, or `paused`
+    when a pause was requested through the pause file).
 
     Every failure is emitted as a `failed` event, then raised as a TrainingFailure (an
     unexpected exception becomes code "trainer_error", chained to the original).
@@ -75,7 +106,7 @@ def train(
     parsed: TrainSpec | None = None
     try:
         parsed = parse_spec(spec)
-        return _train(parsed, events)
+        return _train(parsed, events, ranks or Ranks.from_env())
     except Exception as exc:
         failure = as_failure(exc, parsed.hyperparameters if parsed else Hyperparameters())
         events.fail(failure.code, failure.message, failure.param)
@@ -101,8 +132,8 @@ def as_failure(exc: BaseException, hp: Hyperparameters) -> TrainingFailure:
             "out_of_memory",
             f"ran out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
             f"Lower batch_size (now {hp.batch_size}) and raise gradient_accumulation_steps to keep "
-            f"the effective batch size, use training_type lora, or lower max_seq_length "
-            f"(now {hp.max_seq_length}).",
+            f"the effective batch size, use training_type lora (or qlora on a GPU), lower "
+            f"max_seq_length (now {hp.max_seq_length}), or turn on gradient_checkpointing.",
             "hyperparameters",
         )
     return TrainingFailure("trainer_error", f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
@@ -117,15 +148,19 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def _train(spec: TrainSpec, events: EventLog) -> dict[str, Any]:
+def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     threads = os.environ.get("TUNERY_TRAINER_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
     # Weight loading/saving bars would only clutter the worker's log.
     hf_logging.disable_progress_bar()
     hp = spec.hyperparameters
+    cuda = torch.cuda.is_available()
+    quantization = quantization_config() if spec.training_type.type == "qlora" else None
     splits = load_splits(spec)
-    config = load_config(spec.base_model_dir)
+    weights_dir, adapter_dir = _starting_point(spec, splits)
+    config = load_config(weights_dir)
+    check_task(config, spec.task, spec.base_model_dir)
     tokenizer = load_tokenizer(spec.base_model_dir)
     prepare_tokenizer(tokenizer, splits.formats, events.message)
     max_length = effective_max_length(hp.max_seq_length, config, tokenizer, events.message)
@@ -133,18 +168,23 @@ def _train(spec: TrainSpec, events: EventLog) -> dict[str, Any]:
 
     # Seeded: a new classification head and LoRA's matrices start from random weights.
     set_seed(spec.seed)
-    base = load_model(spec.task, spec.base_model_dir, splits.labels)
+    base = load_model(spec.task, weights_dir, splits.labels, quantization, ranks.local_rank)
     if base.config.pad_token_id is None:
         # Sequence classification finds each row's last token through the pad id.
         base.config.pad_token_id = tokenizer.pad_token_id
-    model = apply_recipe(base, spec.task, spec.training_type, events.message)
+    model = apply_recipe(base, spec.task, spec.training_type, events.message, adapter_dir)
     trainable, total = count_parameters(model)
-    resume_from = _checkpoint_to_resume(spec, events)
+    resume_from = _checkpoint_to_resume(spec, events, ranks)
+    args = training_arguments(spec, len(train_set.features), ranks)
+    packing = _use_packing(spec, model, train_set, cuda, events)
 
+    schedule = TrainingSchedule(
+        hp, spec.task, PauseSignal(spec.output_dir / PAUSE_FILENAME, args.device), events.emit
+    )
     trainer = GuardedTrainer(
         model=model,
-        args=training_arguments(spec, len(train_set.features)),
-        data_collator=PadCollator(int(tokenizer.pad_token_id)),
+        args=args,
+        data_collator=packing_collator() if packing else PadCollator(int(tokenizer.pad_token_id)),
         train_dataset=ListDataset(train_set.features),
         eval_dataset=ListDataset(validation_set.features),
         processing_class=tokenizer,
@@ -159,37 +199,119 @@ def _train(spec: TrainSpec, events: EventLog) -> dict[str, Any]:
     started = {
         "n_train": len(train_set.features),
         "n_validation": len(validation_set.features),
+        "n_truncated": train_set.truncated + validation_set.truncated,
         "trainable_parameters": trainable,
         "total_parameters": total,
     }
     trainer.add_callback(EventCallback(events, spec.task, started))
+    trainer.add_callback(schedule)
+    trainer.add_callback(CheckpointHandoff(spec, splits.labels, schedule, events, ranks.is_main))
     trainer.train(resume_from_checkpoint=resume_from)
+    return _outcome(spec, trainer, schedule, splits.labels, events, ranks)
 
-    best_step, metrics = best_eval(trainer.state, spec.task)
-    assert trainer.model is not None
-    export_model(trainer.model, tokenizer, spec, splits.labels, metrics, best_step)
-    result = {
+
+def _outcome(
+    spec: TrainSpec,
+    trainer: GuardedTrainer,
+    schedule: TrainingSchedule,
+    labels: list[str],
+    events: EventLog,
+    ranks: Ranks,
+) -> dict[str, Any]:
+    """After training: `paused`, or the export of the best checkpoint and `succeeded`."""
+    if schedule.paused_at is not None and schedule.stopped_early is None:
+        paused = {"type": "paused", "step": trainer.state.global_step}
+        events.emit(paused)
+        return paused
+    best = schedule.best
+    if best is None:
+        raise TrainingFailure(
+            "trainer_error", "training ended without a single evaluation to pick a model by"
+        )
+    if ranks.is_main:
+        export_model(best_checkpoint_dir(spec, best.step), spec, labels, best.fields, best.step)
+    result: dict[str, Any] = {
         "type": "succeeded",
         "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "metrics": metrics,
-        "best_step": best_step,
+        "metrics": best.fields,
+        "best_step": best.step,
     }
+    if schedule.stopped_early is not None:
+        result["stopped_early"] = schedule.stopped_early
     events.emit(result)
     return result
 
 
-def _checkpoint_to_resume(spec: TrainSpec, events: EventLog) -> str | None:
+def _starting_point(spec: TrainSpec, splits: Splits) -> tuple[Path, Path | None]:
+    """(the weights to load, an adapter to continue): the base model, or from_checkpoint's."""
+    if spec.init_from is None:
+        return spec.base_model_dir, None
+    manifest = read_init_manifest(spec.init_from)
+    if manifest.get("task") != spec.task:
+        raise TrainingFailure(
+            "invalid_checkpoint",
+            f"the checkpoint to start from was trained for {manifest.get('task')}, "
+            f"this job is {spec.task}",
+            "from_checkpoint",
+        )
+    is_adapter = manifest["format"] == "adapter"
+    if is_adapter != spec.training_type.is_adapter:
+        raise TrainingFailure(
+            "invalid_checkpoint",
+            f"the checkpoint to start from holds {'an adapter' if is_adapter else 'a whole model'}"
+            f" (training_type {manifest.get('training_type')}); a job started from it must use "
+            f"{'lora or qlora' if is_adapter else 'full or freeze'}",
+            "from_checkpoint",
+        )
+    if spec.task == "classification" and manifest.get("labels") != splits.labels:
+        raise TrainingFailure(
+            "invalid_training_file",
+            f"the checkpoint to start from was trained on the labels {manifest.get('labels')}, "
+            f"but this job's data has {splits.labels}; use the same labels, or start from the "
+            "base model",
+            "training_file",
+        )
+    if is_adapter:
+        return spec.base_model_dir, spec.init_from
+    return spec.init_from, None
+
+
+def _use_packing(
+    spec: TrainSpec, model: nn.Module, train_set: Encoded, cuda: bool, events: EventLog
+) -> bool:
+    """Padding-free batches: asked for, or by default on a GPU; only where they are exact."""
+    asked = spec.hyperparameters.packing
+    if spec.task != "causal-lm" or asked is False or (asked is None and not cuda):
+        return False
+    sample = [token for row in train_set.features[:4] for token in row["input_ids"]]
+    # checked where the weights are now (a 4-bit model cannot move; the Trainer moves others)
+    device = next(model.parameters()).device
+    if packing_supported(model, sample, device):
+        events.message("info", "packing examples into padding-free batches")
+        return True
+    if asked:
+        events.message(
+            "warning",
+            "packing was asked for, but this model's attention does not keep packed examples "
+            "apart; training on padded batches instead",
+        )
+    return False
+
+
+def _checkpoint_to_resume(spec: TrainSpec, events: EventLog, ranks: Ranks) -> str | None:
     checkpoints = spec.output_dir / CHECKPOINTS_DIRNAME
     if not spec.resume:
         # Checkpoints of an earlier attempt would mix into this run's best/latest rotation.
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        if ranks.is_main:
+            shutil.rmtree(checkpoints, ignore_errors=True)
         return None
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last is None:
+    steps = checkpoint_steps(checkpoints)
+    if not steps:
         events.message("info", "no checkpoint to resume from; training from the start")
-    else:
-        events.message("info", f"resuming from {Path(last).name}")
-    return last
+        return None
+    name = checkpoint_dirname(steps[-1])
+    events.message("info", f"resuming from {name}")
+    return str(checkpoints / name)
 
 
 def _encode(
@@ -204,8 +326,9 @@ def _encode(
         train_set = encode_classification(splits.train, tokenizer, label_ids, max_length)
         validation_set = encode_classification(splits.validation, tokenizer, label_ids, max_length)
     else:
-        train_set = encode_causal(splits.train, tokenizer, max_length)
-        validation_set = encode_causal(splits.validation, tokenizer, max_length)
+        inputs = spec.hyperparameters.train_on_inputs
+        train_set = encode_causal(splits.train, tokenizer, max_length, inputs)
+        validation_set = encode_causal(splits.validation, tokenizer, max_length, inputs)
     truncated = train_set.truncated + validation_set.truncated
     if truncated:
         events.message(
@@ -252,10 +375,17 @@ def effective_max_length(
     return length
 
 
-def training_arguments(spec: TrainSpec, n_train: int) -> TrainingArguments:
+def training_arguments(
+    spec: TrainSpec, n_train: int, ranks: Ranks | None = None
+) -> TrainingArguments:
     hp = spec.hyperparameters
-    steps_per_epoch = math.ceil(math.ceil(n_train / hp.batch_size) / hp.gradient_accumulation_steps)
+    ranks = ranks or Ranks()
+    batches = math.ceil(math.ceil(n_train / ranks.world_size) / hp.batch_size)
+    steps_per_epoch = math.ceil(batches / hp.gradient_accumulation_steps)
     cuda = torch.cuda.is_available()
+    scheduler = hp.lr_scheduler
+    if scheduler == "constant" and hp.warmup_ratio > 0:
+        scheduler = "constant_with_warmup"
     try:
         return TrainingArguments(
             output_dir=str(spec.output_dir / CHECKPOINTS_DIRNAME),
@@ -267,19 +397,15 @@ def training_arguments(spec: TrainSpec, n_train: int) -> TrainingArguments:
             weight_decay=hp.weight_decay,
             # a float below 1 is a ratio of the total steps
             warmup_steps=hp.warmup_ratio,
-            lr_scheduler_type=hp.lr_scheduler,
+            lr_scheduler_type=scheduler,
             max_grad_norm=hp.max_grad_norm,
             logging_strategy="steps",
             logging_steps=hp.logging_steps or max(1, steps_per_epoch // 10),
             # report a NaN loss as it is (GuardedTrainer stops on it anyway)
             logging_nan_inf_filter=False,
-            eval_strategy="epoch",
-            save_strategy="epoch",
-            # the best and the latest checkpoint are all that is kept
-            save_total_limit=2,
-            load_best_model_at_end=True,
-            metric_for_best_model="eval_loss",
-            greater_is_better=False,
+            # TrainingSchedule decides when to evaluate and save (and keeps the best)
+            eval_strategy="no",
+            save_strategy="no",
             seed=spec.seed,
             data_seed=spec.seed,
             dataloader_num_workers=0,
@@ -291,23 +417,16 @@ def training_arguments(spec: TrainSpec, n_train: int) -> TrainingArguments:
             label_names=["labels"],
             use_cpu=not cuda,
             bf16=cuda and torch.cuda.is_bf16_supported(),
+            activation_checkpointing=hp.gradient_checkpointing,
+            activation_checkpointing_kwargs=(
+                {"use_reentrant": False} if hp.gradient_checkpointing else None
+            ),
+            ddp_backend=None if cuda or ranks.world_size == 1 else "gloo",
         )
     except ValueError as exc:
         raise TrainingFailure(
             "invalid_spec", f"invalid hyperparameters: {exc}", "hyperparameters"
         ) from exc
-
-
-def best_eval(state: TrainerState, task: str) -> tuple[int | None, dict[str, Any]]:
-    """The step and metrics of the best evaluation (lowest eval_loss) in the Trainer's history."""
-    evals = [entry for entry in state.log_history if "eval_loss" in entry]
-    if not evals:
-        return None, {}
-    best_step = state.best_global_step
-    best = next((entry for entry in evals if entry.get("step") == best_step), None)
-    if best is None:
-        best = min(evals, key=lambda entry: entry["eval_loss"])
-    return int(best["step"]), eval_fields(best, task)
 
 
 def file_emitter(events_path: Path) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
@@ -320,6 +439,14 @@ def file_emitter(events_path: Path) -> tuple[Callable[[dict[str, Any]], None], C
         stream.flush()
 
     return emit, stream.close
+
+
+def _discard(event: dict[str, Any]) -> None:
+    return None
+
+
+def _nothing() -> None:
+    return None
 
 
 def _read_spec(argument: str) -> dict[str, Any]:
@@ -335,19 +462,25 @@ def _read_spec(argument: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m worker.training.run SPEC_JSON", file=sys.stderr)
         return 2
+    ranks = Ranks.from_env()
     try:
         spec = _read_spec(args[0])
-        emit, close = file_emitter(Path(spec["events_path"]))
+        if ranks.is_main:
+            emit, close = file_emitter(Path(spec["events_path"]))
+        else:
+            # Only rank 0 reports; the others' failures reach the supervisor as exit codes.
+            emit, close = _discard, _nothing
     except (OSError, ValueError, KeyError, TypeError) as exc:
         # Without a readable spec there is no events file to report to.
         print(f"cannot read the trainer spec {args[0]!r}: {exc!r}", file=sys.stderr)
         return 1
     try:
-        train(spec, emit)
+        train(spec, emit, ranks)
         return 0
     except TrainingFailure as failure:
         if failure.code == "trainer_error" and failure.__cause__ is not None:

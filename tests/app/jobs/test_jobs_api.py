@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from app.jobs import state
+from app.jobs import service, state
 from app.jobs.reconciler import reconcile
 from tests.app.conftest import Api, upload_text
 
@@ -17,11 +17,15 @@ def test_create_resolves_defaults_and_enqueues_after_commit(api: Api) -> None:
     )
     assert response.status_code == 200, response.text
     job = response.json()
-    assert job["status"] == "queued" and job["task"] == "classification"
+    # the worker that claims it checks the files again before training
+    assert job["status"] == "validating_files" and job["task"] == "classification"
     assert job["training_type"]["type"] == "lora"
     hp = job["hyperparameters"]
-    assert hp["n_epochs"] == 3 and hp["batch_size"] == 16 and hp["learning_rate"] == 5e-4
+    # "auto" n_epochs: 9 training rows (10 minus the validation split) -> 100 // 9 epochs
+    assert hp["n_epochs"] == 11 and hp["batch_size"] == 16 and hp["learning_rate"] == 5e-4
     assert hp["learning_rate_multiplier"] == 1.0
+    assert {k: hp[k] for k in service.DEFAULT_OPTIONS} == service.DEFAULT_OPTIONS
+    assert "train_on_inputs" not in hp  # causal LM only
     assert job["method"]["supervised"]["hyperparameters"] == hp
     assert api.enqueued == [job["id"]]
     assert api.client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["id"] == job["id"]
@@ -132,13 +136,27 @@ def test_claim_is_won_once_and_lost_leases_are_requeued(api: Api) -> None:
         assert state.claim(session, job_id, "worker-a", lease_seconds=-1) == 1
         assert state.claim(session, job_id, "worker-b", lease_seconds=60) is None
         session.commit()
+    job = api.client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+    assert job["status"] == "validating_files" and job["attempt"] == 1
     with make_session() as session:
-        # worker-a's lease is already expired: the reconciler hands the job on
+        # worker-a died while checking the files: the job waits for the next worker
         assert reconcile(session, requeue_after_seconds=3600) == [job_id]
         session.commit()
     with make_session() as session:
         assert state.renew_lease(session, job_id, "worker-a", 1, 60) is False
-        assert state.claim(session, job_id, "worker-b", lease_seconds=60) == 2
+        assert state.claim(session, job_id, "worker-b", lease_seconds=-1) == 2
+        row = state.owned(session, job_id, "worker-b", 2)
+        assert row is not None
+        state.files_checked(row)
+        session.commit()
+    with make_session() as session:
+        # worker-b died while training: requeued, to resume from its last checkpoint
+        assert reconcile(session, requeue_after_seconds=3600) == [job_id]
         session.commit()
     job = api.client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-    assert job["status"] == "running" and job["attempt"] == 2
+    assert job["status"] == "queued" and job["attempt"] == 2
+    with make_session() as session:
+        assert state.claim(session, job_id, "worker-c", lease_seconds=60) == 3
+        session.commit()
+    job = api.client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+    assert job["status"] == "running" and job["attempt"] == 3
