@@ -7,23 +7,27 @@ from typing import Any, Literal
 from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import FileResponse
 
-from app.deps import SessionDep, SettingsDep, StoreDep
-from app.errors import APIError, not_found
+from app.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.errors import APIError, download_response, not_found
 from app.models import service
-from app.models.export import tarball
+from app.models.export import card_for, tarball
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("")
-def list_models(session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+def list_models(
+    principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
     assert settings.models_dir is not None
-    return {"object": "list", "data": service.list_models(session, settings.models_dir)}
+    data = service.list_models(session, settings.models_dir, principal.project_id)
+    return {"object": "list", "data": data}
 
 
-@router.get("/{model_id:path}/content")
+@router.get("/{model_id:path}/content", responses=download_response("application/gzip"))
 def download_model(
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
     store: StoreDep,
@@ -31,7 +35,7 @@ def download_model(
     model_id: str,
     format: Literal["adapter", "merged"] = "adapter",
 ) -> FileResponse:
-    tuned = service.get_tuned(session, model_id)
+    tuned = service.get_tuned(session, model_id, principal.project_id)
     if tuned is None:
         raise not_found("fine-tuned model", model_id, param="model")
     if format == "adapter":
@@ -47,25 +51,36 @@ def download_model(
         key = tuned.artifact_key
     else:
         assert settings.models_dir is not None
-        spec = service.serving_spec(session, settings.models_dir, model_id)
+        spec = service.serving_spec(
+            session, settings.models_dir, model_id, project_id=principal.project_id
+        )
         key = request.app.state.inference.export_merged(spec)["artifact"]
     top = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tuned.job_id}-{format}")
-    path = tarball(store, key, top, settings.cache_dir / "exports")
+    assert settings.models_dir is not None
+    readme = card_for(session, tuned, format, settings.models_dir)
+    path = tarball(store, key, top, settings.cache_dir / "exports", readme=readme)
     background.add_task(path.unlink, missing_ok=True)
     return FileResponse(path, media_type="application/gzip", filename=f"{top}.tar.gz")
 
 
 @router.get("/{model_id:path}")
-def retrieve_model(session: SessionDep, settings: SettingsDep, model_id: str) -> dict[str, Any]:
+def retrieve_model(
+    principal: PrincipalDep, session: SessionDep, settings: SettingsDep, model_id: str
+) -> dict[str, Any]:
     assert settings.models_dir is not None
-    return service.get_model(session, settings.models_dir, model_id)
+    return service.get_model(session, settings.models_dir, model_id, principal.project_id)
 
 
 @router.delete("/{model_id:path}")
 def delete_model(
-    request: Request, session: SessionDep, store: StoreDep, model_id: str
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    model_id: str,
 ) -> dict[str, Any]:
-    row = service.delete_tuned(session, model_id)
+    row = service.delete_tuned(session, model_id, principal.project_id, settings.models_dir)
     session.commit()
     # not loaded, or the server is down: nothing to free either way
     with contextlib.suppress(APIError):

@@ -1,4 +1,9 @@
-"""Models: base models from the registry, fine-tuned models from the database."""
+"""Models: base models from the registry, fine-tuned models from the database.
+
+Base models are visible to every project; a fine-tuned model or a checkpoint only to the
+project of the job that made it. `project_id=None` looks in every project: only for workers,
+which act on what a request already scoped.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import APIError, not_found
 from app.models.registry import BaseModel, list_base_models, resolve_base_model
-from app.tables import DeploymentRow, FineTunedModelRow
+from app.tables import DeploymentRow, FineTunedModelRow, JobCheckpointRow, JobRow
 
 
 def base_public(model: BaseModel) -> dict[str, Any]:
@@ -39,24 +44,62 @@ def tuned_public(row: FineTunedModelRow) -> dict[str, Any]:
     }
 
 
-def list_models(session: Session, models_dir: Path) -> list[dict[str, Any]]:
+def list_models(session: Session, models_dir: Path, project_id: str) -> list[dict[str, Any]]:
     tuned = session.scalars(
         select(FineTunedModelRow)
-        .where(FineTunedModelRow.deleted.is_(False))
+        .where(FineTunedModelRow.project_id == project_id, FineTunedModelRow.deleted.is_(False))
         .order_by(FineTunedModelRow.created_at.desc())
     )
     return [base_public(m) for m in list_base_models(models_dir)] + [tuned_public(r) for r in tuned]
 
 
-def get_tuned(session: Session, model_id: str) -> FineTunedModelRow | None:
+def get_tuned(
+    session: Session, model_id: str, project_id: str | None = None
+) -> FineTunedModelRow | None:
     row = session.get(FineTunedModelRow, model_id)
-    return None if row is None or row.deleted else row
+    if row is None or row.deleted:
+        return None
+    return None if project_id is not None and row.project_id != project_id else row
 
 
-def get_model(session: Session, models_dir: Path, model_id: str) -> dict[str, Any]:
-    tuned = get_tuned(session, model_id)
+def get_checkpoint(
+    session: Session, model_id: str, project_id: str | None = None
+) -> tuple[JobCheckpointRow, JobRow] | None:
+    """A job checkpoint by its model name (ft:...:ckpt-step-N), with its job."""
+    if ":ckpt-step-" not in model_id:
+        return None
+    row = session.scalar(select(JobCheckpointRow).where(JobCheckpointRow.model_name == model_id))
+    job = session.get(JobRow, row.job_id) if row is not None else None
+    if job is not None and project_id is not None and job.project_id != project_id:
+        return None
+    return (row, job) if row is not None and job is not None else None
+
+
+def checkpoint_public(row: JobCheckpointRow, job: JobRow) -> dict[str, Any]:
+    training_type = str(job.training_type.get("type"))
+    return {
+        "id": row.model_name,
+        "object": "model",
+        "created": row.created_at,
+        "owned_by": "user",
+        "task": job.task,
+        "kind": "checkpoint",
+        "base_model": job.model,
+        "job_id": job.id,
+        "checkpoint_id": row.id,
+        "step_number": row.step,
+        "training_type": training_type,
+        "format": "adapter" if training_type in ("lora", "qlora") else "full",
+    }
+
+
+def get_model(session: Session, models_dir: Path, model_id: str, project_id: str) -> dict[str, Any]:
+    tuned = get_tuned(session, model_id, project_id)
     if tuned is not None:
         return tuned_public(tuned)
+    checkpoint = get_checkpoint(session, model_id, project_id)
+    if checkpoint is not None:
+        return checkpoint_public(*checkpoint)
     base = resolve_base_model(models_dir, model_id)
     if base is not None:
         return base_public(base)
@@ -64,25 +107,39 @@ def get_model(session: Session, models_dir: Path, model_id: str) -> dict[str, An
 
 
 def serving_spec(
-    session: Session, models_dir: Path, model_id: str, param: str = "model"
+    session: Session,
+    models_dir: Path,
+    model_id: str,
+    param: str = "model",
+    project_id: str | None = None,
 ) -> dict[str, Any]:
-    """The model spec the inference server loads (docs/internals.md)."""
-    tuned = get_tuned(session, model_id)
-    if tuned is not None:
-        base = resolve_base_model(models_dir, tuned.base_model)
+    """The model spec the inference server loads (docs/internals.md).
+
+    A request passes its project: another project's fine-tuned model reads as missing.
+    """
+    tuned = get_tuned(session, model_id, project_id)
+    checkpoint = get_checkpoint(session, model_id, project_id) if tuned is None else None
+    if tuned is not None or checkpoint is not None:
+        if tuned is not None:
+            base_id, task, artifact = tuned.base_model, tuned.task, tuned.artifact_key
+        else:
+            assert checkpoint is not None
+            row, job = checkpoint
+            base_id, task, artifact = job.model, job.task, row.artifact_key
+        base = resolve_base_model(models_dir, base_id)
         if base is None:
             raise APIError(
                 409,
-                f"Model {model_id} was tuned from {tuned.base_model}, which is no longer in "
+                f"Model {model_id} was tuned from {base_id}, which is no longer in "
                 "TUNERY_MODELS_DIR; put the base model back to serve it.",
                 param=param,
                 code="base_model_missing",
             )
         return {
-            "key": tuned.id,
-            "task": tuned.task,
+            "key": model_id,
+            "task": task,
             "base_model_dir": str(base.path),
-            "artifact": tuned.artifact_key,
+            "artifact": artifact,
         }
     base = resolve_base_model(models_dir, model_id)
     if base is not None:
@@ -95,10 +152,12 @@ def serving_spec(
     raise not_found("model", model_id, param=param)
 
 
-def delete_tuned(session: Session, model_id: str) -> FineTunedModelRow:
-    row = get_tuned(session, model_id)
+def delete_tuned(
+    session: Session, model_id: str, project_id: str, models_dir: Path | None = None
+) -> FineTunedModelRow:
+    row = get_tuned(session, model_id, project_id)
     if row is None:
-        if session.get(FineTunedModelRow, model_id) is None and not model_id.startswith("ft:"):
+        if models_dir is not None and resolve_base_model(models_dir, model_id) is not None:
             raise APIError(
                 400,
                 f"{model_id} is a base model; only fine-tuned models can be deleted.",

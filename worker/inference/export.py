@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 from app.storage import ArtifactStore
-from worker.inference.loading import MANIFEST, ModelLoadError, ModelSpec, _load
+from worker.inference.loading import (
+    MANIFEST,
+    ModelLoadError,
+    ModelSpec,
+    load_served,
+    load_shared,
+    plan,
+)
 
 
 def merged_key(artifact: str) -> str:
@@ -27,12 +34,21 @@ def export_merged(spec: ModelSpec, store: ArtifactStore) -> str:
     key = merged_key(spec.artifact)
     if store.exists(f"{key}/{MANIFEST}"):
         return key
-    # fp32 on the CPU: the export must not lose precision to the serving dtype
-    model, tokenizer, fmt = _load(spec, store, torch.float32)
+    # fp32 on the CPU, on weights of its own: the export must not lose precision to the
+    # serving dtype, nor touch the copy of the base that serves other adapters
+    load = plan(spec, store)
+    loaded = load_served(load, load_shared(load, torch.device("cpu"), torch.float32))
+    model, tokenizer = loaded.shared.model, loaded.tokenizer
     manifest_path = store.local_dir(spec.artifact) / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    if fmt == "adapter":
-        model = model.merge_and_unload()
+    if loaded.adapter_name is not None:
+        peft = loaded.shared.peft
+        peft.set_adapter(loaded.adapter_name)
+        model = peft.merge_and_unload()
+    if loaded.labels is not None:
+        # the merged config names the labels, so plain transformers loads say them too
+        model.config.id2label = dict(enumerate(loaded.labels))
+        model.config.label2id = {name: i for i, name in enumerate(loaded.labels)}
     with tempfile.TemporaryDirectory(prefix="tunery-merge-") as tmp:
         out = Path(tmp)
         model.save_pretrained(out, safe_serialization=True)

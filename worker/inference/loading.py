@@ -1,36 +1,57 @@
-"""Turn a model spec into a model and tokenizer ready to predict.
+"""Turn a model spec into weights in memory: a shared base, and what runs on top of it.
 
 A spec names a base model directory and, optionally, a trained artifact in the store whose
 `tunery.json` says whether it is a PEFT adapter or a full model (docs/internals.md). Every
 directory is checked before transformers sees it: weights must be safetensors and no
 custom code may ride along, because a model directory is user-influenced data and
 unpickling or importing it would run arbitrary code in the server.
+
+Loading is split in two so that adapters share their base: `plan` reads and checks what a
+spec names (cheap, no weights), `load_shared` loads the weights that can be shared (a base
+model, or a full fine-tuned model that shares with nobody), and `load_served` puts the
+spec's model on a shared one (attaching the adapter, loading the tokenizer).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from app.storage import ArtifactStore
+from worker.inference.shared import ModelLoadError, SharedModel, model_memory_bytes, short_error
 
 Task = Literal["classification", "causal-lm"]
 TASKS: tuple[Task, ...] = ("classification", "causal-lm")
+Format = Literal["base", "adapter", "full"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# what a tokenizer is made of: two directories with equal copies of these load equal tokenizers
+TOKENIZER_PARTS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MANIFEST = "tunery.json"
 
-
-class ModelLoadError(Exception):
-    """A model that cannot be served; the message says why and is shown to the caller."""
+__all__ = ["LoadPlan", "LoadedModel", "ModelLoadError", "ModelSpec", "SharedModel", "plan"]
 
 
 @dataclass(frozen=True)
@@ -41,19 +62,71 @@ class ModelSpec:
     artifact: str | None = None
 
 
+@dataclass(frozen=True)
+class LoadPlan:
+    """What a spec names, checked: which weights to share and what goes on top of them."""
+
+    spec: ModelSpec
+    format: Format
+    # models with equal shared keys run on one copy of the weights
+    shared_key: str
+    weights_dir: Path  # the base model, or the full model's own directory
+    tokenizer_dir: Path
+    adapter_dir: Path | None
+    # classification only: the label names, index = label id
+    labels: list[str] | None
+    num_labels: int | None
+
+
+class SharedTokenizer:
+    """A tokenizer that every model with the same tokenizer files uses (a fast tokenizer of
+    a large vocabulary takes ~10 MB; ten adapters of a base all carry the same one), and the
+    lock that keeps two threads from tokenizing with it at once (a fast tokenizer's settings
+    live in Rust and are not safe to change from two threads)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.lock = threading.Lock()
+
+
+_tokenizers: weakref.WeakValueDictionary[str, SharedTokenizer] = weakref.WeakValueDictionary()
+_tokenizers_lock = threading.Lock()
+
+
 @dataclass(eq=False)
 class LoadedModel:
+    """A servable model: a shared copy of weights plus, for an adapter, its adapter name."""
+
     spec: ModelSpec
-    model: Any  # a transformers PreTrainedModel or a PeftModel wrapping one
-    tokenizer: Any
-    format: Literal["base", "adapter", "full"]
-    device: torch.device
-    dtype: torch.dtype
-    memory_bytes: int
-    load_seconds: float
-    # torch modules are not safe to run from two threads at once, and on CPU one forward at a
-    # time already uses every core; requests for the same model queue on this lock.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    format: Format
+    shared: SharedModel
+    adapter_name: str | None  # None runs the shared model without any adapter
+    shared_tokenizer: SharedTokenizer
+    labels: list[str] | None
+    # the memory this model adds to its shared model: an adapter's own tensors, else 0
+    own_memory_bytes: int
+    load_seconds: float = 0.0
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.shared_tokenizer.tokenizer
+
+    @property
+    def tokenizer_lock(self) -> threading.Lock:
+        return self.shared_tokenizer.lock
+
+    @property
+    def memory_bytes(self) -> int:
+        """What the cache counts for this model alone; the shared model is counted once."""
+        return self.own_memory_bytes
+
+    @property
+    def device(self) -> torch.device:
+        return self.shared.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.shared.dtype
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:
@@ -64,39 +137,8 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def load_model(spec: ModelSpec, store: ArtifactStore) -> LoadedModel:
-    """Load what `spec` names; raises ModelLoadError with the reason on any failure."""
-    started = time.perf_counter()
-    device, dtype = pick_device()
-    try:
-        model, tokenizer, fmt = _load(spec, store, dtype)
-        model.to(device)
-        model.eval()
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # transformers/peft/torch raise many types; all mean "cannot serve"
-        raise ModelLoadError(f"cannot load model {spec.key!r}: {_short(exc)}") from exc
-    return LoadedModel(
-        spec=spec,
-        model=model,
-        tokenizer=tokenizer,
-        format=fmt,
-        device=device,
-        dtype=dtype,
-        memory_bytes=model_memory_bytes(model),
-        load_seconds=time.perf_counter() - started,
-    )
-
-
-def model_memory_bytes(model: torch.nn.Module) -> int:
-    # parameters() and buffers() skip shared tensors, so tied embeddings count once
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _load(
-    spec: ModelSpec, store: ArtifactStore, dtype: torch.dtype
-) -> tuple[Any, Any, Literal["base", "adapter", "full"]]:
+def plan(spec: ModelSpec, store: ArtifactStore) -> LoadPlan:
+    """Check everything a spec names without loading weights; raises ModelLoadError."""
     if spec.task not in TASKS:
         raise ModelLoadError(f"unknown task {spec.task!r}; expected one of {list(TASKS)}")
     base_dir = Path(spec.base_model_dir)
@@ -105,19 +147,22 @@ def _load(
 
     if spec.artifact is None:
         check_model_dir(base_dir)
-        model = load_base(spec.task, base_dir, dtype, labels=None)
-        return model, load_tokenizer(base_dir, model), "base"
+        labels = base_labels(base_dir) if spec.task == "classification" else None
+        return _plan(spec, "base", base_dir, base_dir, None, labels)
 
     artifact_dir = resolve_artifact(store, spec.artifact)
     manifest = read_manifest(artifact_dir, spec)
-    labels = manifest.get("labels") if spec.task == "classification" else None
+    labels = None
+    if spec.task == "classification" and manifest.get("labels"):
+        labels = [str(x) for x in manifest["labels"]]
     tokenizer_dir = artifact_dir if has_tokenizer(artifact_dir) else base_dir
     check_no_custom_code(tokenizer_dir)
 
     if manifest["format"] == "full":
         check_model_dir(artifact_dir)
-        model = _auto_class(spec.task).from_pretrained(artifact_dir, **_safe_kwargs(dtype))
-        return model, load_tokenizer(tokenizer_dir, model), "full"
+        if spec.task == "classification" and labels is None:
+            labels = base_labels(artifact_dir)
+        return _plan(spec, "full", artifact_dir, tokenizer_dir, None, labels)
 
     check_model_dir(base_dir)
     check_adapter_dir(artifact_dir)
@@ -125,11 +170,89 @@ def _load(
         raise ModelLoadError(
             f"{MANIFEST} of classification adapter {spec.artifact!r} lists no labels"
         )
-    base = load_base(spec.task, base_dir, dtype, labels=labels)
-    # The seam for sharing one base between several adapters: cache `base` by
-    # (task, base_model_dir, labels) and attach each adapter under its own adapter_name.
-    model = attach_adapter(base, artifact_dir, spec.artifact)
-    return model, load_tokenizer(tokenizer_dir, model), "adapter"
+    return _plan(spec, "adapter", base_dir, tokenizer_dir, artifact_dir, labels)
+
+
+def _plan(
+    spec: ModelSpec,
+    fmt: Format,
+    weights_dir: Path,
+    tokenizer_dir: Path,
+    adapter_dir: Path | None,
+    labels: list[str] | None,
+) -> LoadPlan:
+    num_labels = len(labels) if labels is not None else None
+    if fmt == "full":
+        # a full model's weights are its own: nothing else runs on them
+        shared_key = f"full:{spec.task}:{weights_dir}"
+    else:
+        # A classification head's shape is the label count, so bases are shared between the
+        # adapters (and the bare base) with the same number of labels; the encoder is most
+        # of the memory, but the head is part of the base module that adapters wrap.
+        shared_key = f"base:{spec.task}:{weights_dir}"
+        if num_labels is not None:
+            shared_key += f":{num_labels}-labels"
+    return LoadPlan(
+        spec=spec,
+        format=fmt,
+        shared_key=shared_key,
+        weights_dir=weights_dir,
+        tokenizer_dir=tokenizer_dir,
+        adapter_dir=adapter_dir,
+        labels=labels,
+        num_labels=num_labels,
+    )
+
+
+def load_shared(
+    load: LoadPlan, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> SharedModel:
+    """The weights `load` shares with others, on the serving device."""
+    started = time.perf_counter()
+    if device is None or dtype is None:
+        device, dtype = pick_device()
+    try:
+        model = load_weights(load.spec.task, load.weights_dir, dtype, load.num_labels)
+        model.to(device)
+        model.eval()
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers/torch raise many types; all mean "cannot serve"
+        raise ModelLoadError(f"cannot load model {load.spec.key!r}: {short_error(exc)}") from exc
+    return SharedModel(
+        key=load.shared_key,
+        task=load.spec.task,
+        model=model,
+        device=device,
+        dtype=dtype,
+        memory_bytes=model_memory_bytes(model),
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def load_served(load: LoadPlan, shared: SharedModel) -> LoadedModel:
+    """Put `load`'s model on `shared`: attach the adapter, load the tokenizer."""
+    started = time.perf_counter()
+    adapter_name = None
+    own_bytes = 0
+    try:
+        tokenizer = tokenizer_of(load.tokenizer_dir, shared.model)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {load.spec.key!r}: {short_error(exc)}"
+        ) from exc
+    if load.adapter_dir is not None:
+        adapter_name, own_bytes = shared.attach(load.adapter_dir, str(load.spec.artifact))
+    return LoadedModel(
+        spec=load.spec,
+        format=load.format,
+        shared=shared,
+        adapter_name=adapter_name,
+        shared_tokenizer=tokenizer,
+        labels=load.labels,
+        own_memory_bytes=own_bytes,
+        load_seconds=time.perf_counter() - started,
+    )
 
 
 def resolve_artifact(store: ArtifactStore, key: str) -> Path:
@@ -160,6 +283,19 @@ def read_manifest(artifact_dir: Path, spec: ModelSpec) -> dict[str, Any]:
     ):
         raise ModelLoadError(f"{MANIFEST} of {spec.artifact!r}: labels must be a list of strings")
     return manifest
+
+
+def base_labels(model_dir: Path) -> list[str]:
+    """Label names a classification model directory's config declares (LABEL_0.. by default)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    id2label = config.get("id2label") if isinstance(config, dict) else None
+    if isinstance(id2label, dict) and id2label:
+        try:
+            return [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (TypeError, ValueError):
+            pass
+    count = config.get("num_labels") if isinstance(config, dict) else None
+    return [f"LABEL_{i}" for i in range(count if isinstance(count, int) and count > 0 else 2)]
 
 
 def check_no_custom_code(directory: Path) -> None:
@@ -213,66 +349,44 @@ def has_tokenizer(directory: Path) -> bool:
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
-def _auto_class(task: Task) -> Any:
+def auto_class(task: Task) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
 
 
-def _safe_kwargs(dtype: torch.dtype) -> dict[str, Any]:
+def safe_kwargs(dtype: torch.dtype) -> dict[str, Any]:
     return {"use_safetensors": True, "trust_remote_code": False, "dtype": dtype}
 
 
-def load_base(task: Task, base_dir: Path, dtype: torch.dtype, labels: list[Any] | None) -> Any:
-    kwargs = _safe_kwargs(dtype)
-    if labels:
-        names = [str(x) for x in labels]
-        kwargs |= {
-            "num_labels": len(names),
-            "id2label": dict(enumerate(names)),
-            "label2id": {name: i for i, name in enumerate(names)},
-        }
-    return _auto_class(task).from_pretrained(base_dir, **kwargs)
+def load_weights(task: Task, model_dir: Path, dtype: torch.dtype, num_labels: int | None) -> Any:
+    """A transformers model from a checked directory. Label names are not set here: models
+    sharing these weights each bring their own (LoadedModel.labels)."""
+    kwargs = safe_kwargs(dtype)
+    if num_labels is not None and task == "classification":
+        config = json.loads((model_dir / "config.json").read_text())
+        declared = len(config.get("id2label") or {}) or config.get("num_labels")
+        if declared != num_labels:
+            kwargs["num_labels"] = num_labels
+    return auto_class(task).from_pretrained(model_dir, **kwargs)
 
 
-def attach_adapter(base: Any, adapter_dir: Path, name: str) -> Any:
-    """Wrap base with the adapter in adapter_dir, refusing any adapter that does not fit it.
-
-    peft raises on a size mismatch, but only warns about missing keys and ignores unexpected
-    ones; either would quietly serve the base model under the adapter's name. So the
-    adapter's saved tensors are compared with what the wrapped model expects, name by name.
-    """
-    from peft import PeftModel, get_peft_model_state_dict
-    from safetensors import safe_open
-
-    try:
-        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
-    except Exception as exc:  # size mismatches, target modules absent from the base, bad config
-        raise ModelLoadError(
-            f"adapter {name!r} does not fit its base model: {_short(exc)}"
-        ) from exc
-    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
-    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as fh:
-        saved = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
-
-    problems = []
-    if missing := sorted(expected.keys() - saved.keys()):
-        problems.append(f"{len(missing)} tensors missing from the adapter, e.g. {missing[0]}")
-    if unexpected := sorted(saved.keys() - expected.keys()):
-        problems.append(
-            f"{len(unexpected)} adapter tensors match nothing in the base, e.g. {unexpected[0]}"
-        )
-    for key in sorted(expected.keys() & saved.keys()):
-        if expected[key] != saved[key]:
-            problems.append(
-                f"{key} has shape {list(saved[key])}, the base needs {list(expected[key])}"
-            )
-            break
-    if problems:
-        raise ModelLoadError(
-            f"adapter {name!r} does not match its base model: " + "; ".join(problems)
-        )
-    return model
+def tokenizer_of(directory: Path, model: Any) -> SharedTokenizer:
+    """The tokenizer in directory, shared with every model whose tokenizer files are equal."""
+    digest = hashlib.sha256()
+    for name in TOKENIZER_PARTS:
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    key = digest.hexdigest()
+    with _tokenizers_lock:
+        found = _tokenizers.get(key)
+    if found is None:
+        found = SharedTokenizer(load_tokenizer(directory, model))
+        with _tokenizers_lock:
+            found = _tokenizers.setdefault(key, found)
+    fix_pad_token_id(model, found.tokenizer)
+    return found
 
 
 def load_tokenizer(directory: Path, model: Any) -> Any:
@@ -282,13 +396,12 @@ def load_tokenizer(directory: Path, model: Any) -> Any:
     if tokenizer.pad_token is None:
         # batching needs a pad token; decoders often ship without one and eos is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    fix_pad_token_id(model, tokenizer)
+    return tokenizer
+
+
+def fix_pad_token_id(model: Any, tokenizer: Any) -> None:
     config = model.config
     if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         # sequence classification on a decoder finds the last real token through pad_token_id
         config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer
-
-
-def _short(exc: BaseException, limit: int = 1000) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

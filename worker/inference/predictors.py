@@ -1,7 +1,9 @@
-"""Run a loaded model on a batch of inputs: classify texts, or generate continuations.
+"""Run a model on rows of token ids: classify them, or generate continuations.
 
-Plain functions of (model, tokenizer, inputs, parameters) with no HTTP or cache in sight,
-so a micro-batcher can later merge several requests into one call.
+Plain functions of (model, token ids, options) with no HTTP, cache or batching in sight:
+the batcher tokenizes each request with its own tokenizer, puts the rows of several
+requests into one call, and splits the results again. `classify` and `generate` do the
+whole round trip for one model and a list of inputs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 import torch
@@ -39,50 +42,93 @@ class Generation(TypedDict):
     completion_tokens: int
 
 
-def _device_of(model: Any) -> torch.device:
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, parameters: Mapping[str, Any]) -> GenerationOptions:
+        given = {k: v for k, v in parameters.items() if v is not None}
+        stop = given.pop("stop", ())
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        return cls(stop=stops, **given)
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
+
+
+def device_of(model: Any) -> torch.device:
     return next(model.parameters()).device
+
+
+def max_input_tokens(config: Any, requested: int = 512) -> int:
+    positions = getattr(config, "max_position_embeddings", None)
+    return min(requested, positions) if isinstance(positions, int) and positions > 0 else requested
+
+
+# ---- classification ----
+
+
+def encode_texts(tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[int]]:
+    """Token ids per text, truncated to limit (the tokenizer keeps its closing special token)."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=limit)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def class_probabilities(
+    model: Any, rows: Sequence[Sequence[int]], pad_id: int, extra: Mapping[str, Any] | None = None
+) -> torch.Tensor:
+    """Softmax over the labels, one row per input (float32, on the CPU). Rows are padded on
+    the right; decoders find their last real token through config.pad_token_id."""
+    ids, mask = pad_rows(rows, pad_id, left=False)
+    device = device_of(model)
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **(extra or {}))
+    return logits.logits.float().softmax(dim=-1).cpu()
+
+
+def to_classification(
+    probs: Sequence[float], labels: Sequence[str], top_k: int | None
+) -> Classification:
+    """`scores` holds the top_k best labels (all when None), highest first."""
+    ranked = sorted(enumerate(probs), key=lambda item: item[1], reverse=True)
+    kept = ranked[:top_k] if top_k is not None else ranked
+    best_index, best_score = ranked[0]
+
+    def name(i: int) -> str:
+        return labels[i] if i < len(labels) else str(i)
+
+    return {
+        "label": name(best_index),
+        "score": float(best_score),
+        "scores": {name(i): float(p) for i, p in kept},
+    }
 
 
 def classify(
     model: Any,
     tokenizer: Any,
     texts: Sequence[str],
+    labels: Sequence[str],
     top_k: int | None = None,
-    max_length: int = 512,
-    batch_size: int = 16,
+    batch_size: int = 32,
 ) -> list[Classification]:
-    """Softmax over the labels of model.config.id2label; `scores` holds the top_k best (all
-    labels when None), highest first."""
-    id2label = {int(i): str(name) for i, name in model.config.id2label.items()}
-    limit = _max_input_tokens(model, max_length)
-    device = _device_of(model)
+    """Classify texts with a plain (unshared) model."""
+    rows = encode_texts(tokenizer, texts, max_input_tokens(model.config))
+    pad_id = _pad_id(model, tokenizer)
     results: list[Classification] = []
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
-        encoded = tokenizer(
-            batch, padding=True, truncation=True, max_length=limit, return_tensors="pt"
-        ).to(device)
-        with torch.inference_mode():
-            logits = model(**encoded).logits
-        probs = logits.float().softmax(dim=-1).cpu()
-        for row in probs:
-            ranked = sorted(enumerate(row.tolist()), key=lambda item: item[1], reverse=True)
-            kept = ranked[:top_k] if top_k is not None else ranked
-            best_index, best_score = ranked[0]
-            results.append(
-                {
-                    "label": id2label.get(best_index, str(best_index)),
-                    "score": best_score,
-                    "scores": {id2label.get(i, str(i)): p for i, p in kept},
-                }
-            )
+    for start in range(0, len(rows), batch_size):
+        probs = class_probabilities(model, rows[start : start + batch_size], pad_id)
+        results += [to_classification(p.tolist(), labels, top_k) for p in probs]
     return results
 
 
-def _max_input_tokens(model: Any, requested: int) -> int:
-    positions = getattr(model.config, "max_position_embeddings", None)
-    return min(requested, positions) if isinstance(positions, int) and positions > 0 else requested
-
+# ---- generation ----
 
 # generate() samples from torch's global RNG, shared by every thread. Seeded requests are
 # reproducible only if no other sampling runs between the seeding and the end of theirs,
@@ -90,65 +136,7 @@ def _max_input_tokens(model: Any, requested: int) -> int:
 _SAMPLING_LOCK = threading.Lock()
 
 
-def generate(
-    model: Any,
-    tokenizer: Any,
-    inputs: Sequence[PromptInput],
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    stop: str | Sequence[str] | None = None,
-    seed: int | None = None,
-) -> list[Generation]:
-    """Continue each input; temperature 0 decodes greedily. `text` holds only new tokens,
-    cut before the first stop string."""
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    prompts = [_tokenize_prompt(tokenizer, item, i) for i, item in enumerate(inputs)]
-    _check_context(model, prompts, max_new_tokens)
-    input_ids, attention_mask = _left_pad(prompts, tokenizer.pad_token_id)
-    device = _device_of(model)
-
-    eos_ids = _eos_ids(model, tokenizer)
-    options: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "eos_token_id": eos_ids or None,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if stops:
-        options |= {"stop_strings": stops, "tokenizer": tokenizer}
-    sampled = temperature > 0
-    if sampled:
-        # top_k=0 turns off the library's default top-k so top_p alone shapes the distribution
-        options |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    else:
-        options["do_sample"] = False
-
-    rng_guard: AbstractContextManager[Any] = _SAMPLING_LOCK if sampled else nullcontext()
-    with rng_guard, _seeded(seed if sampled else None, device), torch.inference_mode():
-        output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **options
-        )
-    new_tokens = output[:, input_ids.shape[1] :].cpu().tolist()
-    return [
-        _finish(tokenizer, tokens, len(prompt), eos_ids, stops, max_new_tokens)
-        for tokens, prompt in zip(new_tokens, prompts, strict=True)
-    ]
-
-
-@contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed the global RNG for one generation, then restore it: later unseeded requests
-    must not follow a sequence that a caller's seed made predictable."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _tokenize_prompt(tokenizer: Any, item: PromptInput, index: int) -> list[int]:
+def encode_prompt(tokenizer: Any, item: PromptInput, index: int) -> list[int]:
     if isinstance(item, str):
         ids = tokenizer(item, add_special_tokens=True)["input_ids"]
     else:
@@ -166,8 +154,8 @@ def _tokenize_prompt(tokenizer: Any, item: PromptInput, index: int) -> list[int]
     return list(ids)
 
 
-def _check_context(model: Any, prompts: list[list[int]], max_new_tokens: int) -> None:
-    positions = getattr(model.config, "max_position_embeddings", None)
+def check_context(config: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+    positions = getattr(config, "max_position_embeddings", None)
     if not isinstance(positions, int) or positions <= 0:
         return
     for index, prompt in enumerate(prompts):
@@ -180,18 +168,7 @@ def _check_context(model: Any, prompts: list[list[int]], max_new_tokens: int) ->
             )
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # decoders continue from the last position, so padding goes on the left
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt) :] = 1
-    return ids, mask
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     found: list[int] = []
     for source in (getattr(model, "generation_config", None), tokenizer):
         value = getattr(source, "eos_token_id", None)
@@ -201,30 +178,147 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return found
 
 
-def _finish(
-    tokenizer: Any,
-    tokens: list[int],
-    prompt_tokens: int,
-    eos_ids: list[int],
-    stops: list[str],
-    max_new_tokens: int,
-) -> Generation:
-    # generate() fills a row that finished early with pad tokens (often eos itself)
-    end = next((i for i, t in enumerate(tokens) if t in eos_ids), None)
-    ended_by_eos = end is not None
-    produced = tokens[:end] if end is not None else tokens
-    pad_id = tokenizer.pad_token_id
-    while produced and produced[-1] == pad_id:
-        produced = produced[:-1]
-    text = tokenizer.decode(produced, skip_special_tokens=True)
+class _StopWhenSet:
+    """A stopping criterion that ends every row once `event` is set (a client went away)."""
 
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
+        done = self.event.is_set()
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+def generate_tokens(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    options: GenerationOptions,
+    *,
+    pad_id: int,
+    eos: Sequence[int],
+    tokenizer: Any,
+    extra: Mapping[str, Any] | None = None,
+    streamer: Any = None,
+    cancel: threading.Event | None = None,
+) -> list[list[int]]:
+    """The new token ids of each prompt (rows that finished early end in padding)."""
+    input_ids, attention_mask = pad_rows(prompts, pad_id, left=True)
+    device = device_of(model)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": options.max_new_tokens,
+        "eos_token_id": list(eos) or None,
+        "pad_token_id": pad_id,
+        **(extra or {}),
+    }
+    if options.stop:
+        kwargs |= {"stop_strings": list(options.stop), "tokenizer": tokenizer}
+    if options.sampled:
+        # top_k=0 turns off the library's default top-k so top_p alone shapes the distribution
+        kwargs |= {
+            "do_sample": True,
+            "temperature": options.temperature,
+            "top_p": options.top_p,
+            "top_k": 0,
+        }
+    else:
+        kwargs["do_sample"] = False
+    if streamer is not None:
+        kwargs["streamer"] = streamer
+    if cancel is not None:
+        from transformers import StoppingCriteriaList
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(cancel)])
+
+    seed = options.seed if options.sampled else None
+    rng_guard: AbstractContextManager[Any] = _SAMPLING_LOCK if options.sampled else nullcontext()
+    with rng_guard, _seeded(seed, device), torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs
+        )
+    return [list(row) for row in output[:, input_ids.shape[1] :].cpu().tolist()]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    inputs: Sequence[PromptInput],
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop: str | Sequence[str] | None = None,
+    seed: int | None = None,
+) -> list[Generation]:
+    """Continue each input with a plain (unshared) model; temperature 0 decodes greedily.
+    `text` holds only new tokens, cut before the first stop string."""
+    options = GenerationOptions.of(
+        {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop": stop,
+            "seed": seed,
+        }
+    )
+    prompts = [encode_prompt(tokenizer, item, i) for i, item in enumerate(inputs)]
+    check_context(model.config, prompts, options.max_new_tokens)
+    eos = eos_ids(model, tokenizer)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _pad_id(model, tokenizer)
+    )
+    new = generate_tokens(model, prompts, options, pad_id=pad_id, eos=eos, tokenizer=tokenizer)
+    return [
+        finish(tokenizer, tokens, len(prompt), eos, options)
+        for tokens, prompt in zip(new, prompts, strict=True)
+    ]
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG for one generation, then restore it: later unseeded requests
+    must not follow a sequence that a caller's seed made predictable."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def produced_tokens(
+    tokens: Sequence[int], eos: Sequence[int], pad_id: int | None
+) -> tuple[list[int], bool]:
+    """The generated tokens before eos and padding, and whether eos ended them."""
+    # generate() fills a row that finished early with pad tokens (often eos itself)
+    end = next((i for i, t in enumerate(tokens) if t in eos), None)
+    produced = list(tokens[:end] if end is not None else tokens)
+    while produced and produced[-1] == pad_id:
+        produced.pop()
+    return produced, end is not None
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> int:
+    """Where the first stop string starts in text, or -1."""
+    return min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+
+
+def finish(
+    tokenizer: Any,
+    tokens: Sequence[int],
+    prompt_tokens: int,
+    eos: Sequence[int],
+    options: GenerationOptions,
+) -> Generation:
+    produced, ended_by_eos = produced_tokens(tokens, eos, tokenizer.pad_token_id)
+    text = tokenizer.decode(produced, skip_special_tokens=True)
+    cut = cut_at_stop(text, options.stop)
     if cut >= 0:
         return _generation(text[:cut], "stop", prompt_tokens, len(produced))
     if ended_by_eos:
         return _generation(text, "stop", prompt_tokens, len(produced) + 1)
     # no eos and no stop string in the text, yet short: a stop string spanning the prompt's end
-    reason: Literal["stop", "length"] = "length" if len(produced) >= max_new_tokens else "stop"
+    full = len(produced) >= options.max_new_tokens
+    reason: Literal["stop", "length"] = "length" if full else "stop"
     return _generation(text, reason, prompt_tokens, len(produced))
 
 
@@ -237,3 +331,28 @@ def _generation(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
     }
+
+
+# ---- padding ----
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, left: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask; decoders continue from the last position, so
+    generation pads on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[index, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[index, span] = 1
+    return ids, mask
+
+
+def _pad_id(model: Any, tokenizer: Any) -> int:
+    configured = getattr(model.config, "pad_token_id", None)
+    if isinstance(configured, int):
+        return configured
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)

@@ -112,6 +112,8 @@ class LoadResponse(BaseModel):
     key: str
     load_seconds: float
     memory_bytes: int
+    base: str | None
+    base_memory_bytes: int | None
 
 
 class UnloadRequest(_Strict):
@@ -136,6 +138,11 @@ class PredictRequest(_Strict):
     model: ModelSpecBody
     inputs: list[InputItem] = Field(min_length=1, max_length=MAX_INPUTS)
     parameters: Parameters = Field(default_factory=Parameters)
+    # server-sent events, one text delta at a time; exactly one input
+    stream: bool = False
+    # set the pin state when the model is (re)loaded; deployments keep their model pinned
+    # even after the server restarted and lost it
+    pin: bool | None = None
 
     def plain_inputs(self) -> list[str | dict[str, Any]]:
         return [x if isinstance(x, str) else x.model_dump() for x in self.inputs]
@@ -149,14 +156,29 @@ class ModelStats(BaseModel):
     key: str
     pinned: bool
     load_seconds: float
+    # an adapter: its own tensors, with base_memory_bytes the base copy it shares; any
+    # other model: its whole weights
     memory_bytes: int
+    base: str | None
+    base_memory_bytes: int | None
     requests_served: int
     loaded_at: float
     last_used: float
 
 
+class BaseStats(BaseModel):
+    key: str
+    memory_bytes: int
+    load_seconds: float
+    models: list[str]
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelStats]
+    bases: list[BaseStats]
     max_models: int
     memory_budget_bytes: int | None
+    # everything loaded, each base counted once
     memory_bytes: int
+    max_batch_size: int
+    max_wait_ms: float

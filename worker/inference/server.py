@@ -8,12 +8,16 @@ so it runs as a single uvicorn worker.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -23,6 +27,7 @@ from worker.inference.loading import ModelLoadError, pick_device
 from worker.inference.predictors import PredictionInputError
 from worker.inference.schemas import (
     INPUT_TAGS,
+    BaseStats,
     ExportRequest,
     ExportResponse,
     LoadRequest,
@@ -36,7 +41,8 @@ from worker.inference.schemas import (
 )
 from worker.inference.service import InferenceService
 
-DEFAULT_MAX_MODELS = 4
+log = logging.getLogger(__name__)
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def create_app(
@@ -48,9 +54,10 @@ def create_app(
     if service is None:
         service = InferenceService(
             store or get_store(settings),
-            # optional settings: the defaults hold until Settings grows these fields
-            max_models=getattr(settings, "inference_max_models", DEFAULT_MAX_MODELS),
-            memory_budget_bytes=getattr(settings, "inference_memory_budget_bytes", None),
+            max_models=settings.inference_max_models,
+            memory_budget_bytes=settings.inference_memory_budget_bytes,
+            max_batch_size=settings.inference_max_batch_size,
+            max_wait_ms=settings.inference_max_wait_ms,
         )
     app = FastAPI(title="tunery inference", docs_url=None, redoc_url=None)
     app.state.service = service
@@ -66,11 +73,20 @@ def _add_routes(app: FastAPI, service: InferenceService) -> None:
 
     @app.post("/internal/load")
     async def load(body: LoadRequest) -> LoadResponse:
-        loaded = await run_in_threadpool(service.load, body.model.to_spec(), body.pin)
+        spec = body.model.to_spec()
+        await run_in_threadpool(service.load, spec, body.pin)
+        report = next((r for r in service.reports() if r["key"] == spec.key), None)
+        if report is None:  # evicted again at once: only a budget smaller than the model
+            raise ModelLoadError(
+                f"{spec.key!r} loaded but does not fit the memory budget next to the pinned "
+                "models; raise TUNERY_INFERENCE_MEMORY_BUDGET_BYTES or unpin some"
+            )
         return LoadResponse(
-            key=loaded.spec.key,
-            load_seconds=loaded.load_seconds,
-            memory_bytes=loaded.memory_bytes,
+            key=spec.key,
+            load_seconds=report["load_seconds"],
+            memory_bytes=report["memory_bytes"],
+            base=report["base"],
+            base_memory_bytes=report["base_memory_bytes"],
         )
 
     @app.post("/internal/unload")
@@ -78,14 +94,19 @@ def _add_routes(app: FastAPI, service: InferenceService) -> None:
         unloaded = await run_in_threadpool(service.unload, body.key)
         return UnloadResponse(key=body.key, unloaded=unloaded)
 
-    @app.post("/internal/predict")
-    async def predict(body: PredictRequest) -> PredictResponse:
-        predictions = await run_in_threadpool(
-            service.predict,
-            body.model.to_spec(),
-            body.plain_inputs(),
-            body.parameters.model_dump(exclude_none=True),
-        )
+    @app.post("/internal/predict", response_model=None)
+    async def predict(body: PredictRequest) -> PredictResponse | StreamingResponse:
+        spec = body.model.to_spec()
+        parameters = body.parameters.model_dump(exclude_none=True)
+        if body.stream:
+            if len(body.inputs) != 1:
+                raise PredictionInputError(
+                    f"stream takes exactly 1 input, got {len(body.inputs)}; send the others "
+                    "in requests of their own",
+                    param="inputs",
+                )
+            return await _stream(service, spec, body.plain_inputs()[0], parameters, body.pin)
+        predictions = await service.predict_async(spec, body.plain_inputs(), parameters, body.pin)
         return PredictResponse(predictions=[dict(p) for p in predictions])
 
     @app.post("/internal/export")
@@ -97,11 +118,68 @@ def _add_routes(app: FastAPI, service: InferenceService) -> None:
     async def models() -> ModelsResponse:
         cache = service.cache
         return ModelsResponse(
-            models=[ModelStats(**entry) for entry in cache.stats()],
+            models=[ModelStats(**report) for report in service.reports()],
+            bases=[BaseStats(**entry) for entry in cache.shared_stats()],
             max_models=cache.max_models,
             memory_budget_bytes=cache.memory_budget_bytes,
             memory_bytes=cache.total_memory_bytes(),
+            max_batch_size=service.max_batch_size,
+            max_wait_ms=service.max_wait_ms,
         )
+
+
+async def _stream(
+    service: InferenceService,
+    spec: Any,
+    item: Any,
+    parameters: dict[str, Any],
+    pin: bool | None,
+) -> StreamingResponse:
+    """Server-sent events: `data: {"text": delta}` lines, then the closing
+    `data: {"finish_reason", "prompt_tokens", "completion_tokens"}` (or `data: {"error"}`),
+    then `data: [DONE]`. What fails before the first token is an ordinary error response."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Any] = asyncio.Queue()
+
+    def emit(item: Any) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, item)
+
+    cancel = await run_in_threadpool(service.open_stream, spec, item, parameters, emit, pin)
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            while True:
+                event = await events.get()
+                if event is None:
+                    yield "data: [DONE]\n\n"
+                    return
+                if isinstance(event, str):
+                    payload: dict[str, Any] = {"text": event}
+                elif isinstance(event, BaseException):
+                    payload = _stream_error(event)
+                else:
+                    payload = event
+                yield f"data: {json.dumps(payload)}\n\n"
+        finally:
+            # the client went away (or the stream ended): stop generating for nobody
+            cancel.set()
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _stream_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, ModelLoadError):
+        return error_body(str(exc), param="model", code="model_load_failed")
+    if isinstance(exc, PredictionInputError):
+        return error_body(str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return error_body(
+            "the accelerator ran out of memory; retry later or send a shorter input",
+            type="server_error",
+            code="out_of_memory",
+        )
+    log.error("stream failed", exc_info=exc)
+    return error_body("internal error in the inference server", type="server_error")
 
 
 def error_body(

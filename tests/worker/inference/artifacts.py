@@ -29,16 +29,18 @@ def _randomize_lora(model: Any) -> None:
                 param.normal_(std=0.5)
 
 
-def build_classification_adapter(bert_dir: Path, target: Path) -> Path:
+def build_classification_adapter(
+    bert_dir: Path, target: Path, labels: list[str] = LABELS, seed: int = 1
+) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     base = AutoModelForSequenceClassification.from_pretrained(
         bert_dir,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={name: i for i, name in enumerate(LABELS)},
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
     config = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
     model = get_peft_model(base, config)
@@ -51,7 +53,7 @@ def build_classification_adapter(bert_dir: Path, target: Path) -> Path:
         format="adapter",
         training_type={"type": "lora", "r": 4},
         base_model=str(bert_dir),
-        labels=LABELS,
+        labels=labels,
     )
     return target
 
@@ -90,3 +92,20 @@ def cls_spec(bert_dir: Path, artifact: str | None = CLS_ADAPTER, key: str = "ft:
 
 def lm_spec(llama_dir: Path, artifact: str | None = LM_FULL, key: str = "ft:lm") -> dict:
     return {"key": key, "task": "causal-lm", "base_model_dir": str(llama_dir), "artifact": artifact}
+
+
+def variant_of(store: ArtifactStore, source: str, target: str, seed: int) -> str:
+    """A copy of the adapter at `source` with its trained tensors redrawn: another adapter
+    of the same base, as a second fine-tuning job would give."""
+    from safetensors.torch import load_file, save_file
+
+    directory = copy_artifact(store, source, target)
+    path = directory / "adapter_model.safetensors"
+    tensors = load_file(path)
+    generator = torch.Generator().manual_seed(seed)
+    for name, tensor in tensors.items():
+        if "lora_B" in name or "classifier" in name or "lora_A" in name:
+            noise = torch.randn(tensor.shape, generator=generator) * 0.5
+            tensors[name] = noise.to(tensor.dtype)
+    save_file(tensors, path, metadata={"format": "pt"})
+    return target

@@ -123,7 +123,14 @@ def test_lru_eviction_spares_pinned_models(
         listing = client.get("/internal/models").json()
     assert {m["key"] for m in listing["models"]} == {"pinned", "new"}
     assert listing["max_models"] == 2
-    assert listing["memory_bytes"] == sum(m["memory_bytes"] for m in listing["models"])
+    # each base once, plus what adapters add on top of theirs
+    adapters = [m for m in listing["models"] if m["base_memory_bytes"] is not None]
+    assert [m["key"] for m in adapters] == ["new"]
+    assert listing["memory_bytes"] == sum(b["memory_bytes"] for b in listing["bases"]) + sum(
+        m["memory_bytes"] for m in adapters
+    )
+    # "old" (the bare base) went, but its weights stay: the adapter "new" runs on them
+    assert len(listing["bases"]) == 2
 
 
 def test_a_new_spec_under_a_known_key_reloads(client: TestClient, llama_dir: Path) -> None:

@@ -1,0 +1,1 @@
+"""Evaluations: a model (and optionally a second one to compare) scored on a file."""

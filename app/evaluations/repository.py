@@ -1,0 +1,102 @@
+"""Every query for evaluations, the worker's claim and lease included."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.pagination import unknown_cursor
+from app.tables import EvaluationRow
+
+
+def get(
+    session: Session, evaluation_id: str, project_id: str | None = None
+) -> EvaluationRow | None:
+    """The evaluation, if it belongs to project_id (None: any project, for workers only)."""
+    row = session.get(EvaluationRow, evaluation_id)
+    if row is None or (project_id is not None and row.project_id != project_id):
+        return None
+    return row
+
+
+def list_page(
+    session: Session, *, project_id: str, after: str | None, limit: int
+) -> list[EvaluationRow]:
+    """Up to limit + 1 evaluations, newest first, after the evaluation `after`."""
+    query = select(EvaluationRow).where(EvaluationRow.project_id == project_id)
+    if after:
+        anchor = session.get(EvaluationRow, after)
+        if anchor is None or anchor.project_id != project_id:
+            raise unknown_cursor("evaluation", after)
+        query = query.where(
+            (EvaluationRow.created_ns < anchor.created_ns)
+            | ((EvaluationRow.created_ns == anchor.created_ns) & (EvaluationRow.id < anchor.id))
+        )
+    query = query.order_by(EvaluationRow.created_ns.desc(), EvaluationRow.id.desc())
+    return list(session.scalars(query.limit(limit + 1)))
+
+
+def claim(session: Session, evaluation_id: str, owner: str, lease_seconds: float) -> int | None:
+    """Take the evaluation if it is queued or its runner's lease expired; the attempt number.
+
+    A conditional UPDATE, so two workers given the same message never both run it.
+    """
+    now = time.time()
+    result = session.execute(
+        update(EvaluationRow)
+        .where(
+            EvaluationRow.id == evaluation_id,
+            or_(
+                EvaluationRow.status == "queued",
+                (EvaluationRow.status == "running") & (EvaluationRow.lease_expires_at < now),
+            ),
+        )
+        .values(
+            status="running",
+            attempt=EvaluationRow.attempt + 1,
+            lease_owner=owner,
+            lease_expires_at=now + lease_seconds,
+            started_at=int(now),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return None
+    return session.scalar(select(EvaluationRow.attempt).where(EvaluationRow.id == evaluation_id))
+
+
+def renew(
+    session: Session, evaluation_id: str, owner: str, attempt: int, lease_seconds: float
+) -> bool:
+    """Extend the lease; False when another runner took the evaluation over."""
+    result = session.execute(
+        update(EvaluationRow)
+        .where(
+            EvaluationRow.id == evaluation_id,
+            EvaluationRow.lease_owner == owner,
+            EvaluationRow.attempt == attempt,
+            EvaluationRow.status == "running",
+        )
+        .values(lease_expires_at=time.time() + lease_seconds)
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(result, "rowcount", 0) == 1
+
+
+def finish(session: Session, evaluation_id: str, owner: str, attempt: int, **values: Any) -> bool:
+    """Record the outcome (status, metrics or error) if this runner still holds the lease."""
+    result = session.execute(
+        update(EvaluationRow)
+        .where(
+            EvaluationRow.id == evaluation_id,
+            EvaluationRow.lease_owner == owner,
+            EvaluationRow.attempt == attempt,
+            EvaluationRow.status == "running",
+        )
+        .values(finished_at=int(time.time()), lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return getattr(result, "rowcount", 0) == 1

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from app.deps import PrincipalDep, SessionDep, SettingsDep
+from app.evaluations import repository, service
+from app.evaluations.schemas import EvaluationCreate, EvaluationPublic
+from app.pagination import check_limit, page
+
+router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
+log = logging.getLogger(__name__)
+
+
+@router.post("", response_model=EvaluationPublic)
+def create_evaluation(
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: EvaluationCreate,
+) -> EvaluationPublic:
+    assert settings.models_dir is not None
+    row = service.create(session, settings.models_dir, body, principal.project_id)
+    session.commit()  # enqueue only what is committed
+    try:
+        enqueue = getattr(request.app.state, "enqueue_evaluation", None)
+        if enqueue is not None:
+            enqueue(row.id)
+        else:
+            request.app.state.celery.send_task(service.RUN_EVALUATION, args=[row.id])
+    except Exception:
+        # the row stays queued; POSTing again creates a fresh one
+        log.exception("could not enqueue evaluation %s", row.id)
+    return EvaluationPublic.of(row)
+
+
+@router.get("")
+def list_evaluations(
+    principal: PrincipalDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query()] = 20,
+) -> dict[str, Any]:
+    rows = repository.list_page(
+        session, project_id=principal.project_id, after=after, limit=check_limit(limit)
+    )
+    return page([EvaluationPublic.of(r).model_dump() for r in rows], limit)
+
+
+@router.get("/{evaluation_id}", response_model=EvaluationPublic)
+def retrieve_evaluation(
+    principal: PrincipalDep, session: SessionDep, evaluation_id: str
+) -> EvaluationPublic:
+    return EvaluationPublic.of(service.get(session, evaluation_id, principal.project_id))
