@@ -30,7 +30,26 @@ FORMATS_BY_TASK: dict[str, set[str]] = {
     "causal-lm": {PROMPT_COMPLETION, CHAT},
 }
 CHAT_ROLES = ("system", "user", "assistant")
+# The keys OpenAI documents for a chat training message. `name` is accepted and not trained
+# on; `weight` (assistant messages only) says whether to learn from that message.
+CHAT_MESSAGE_KEYS = ("role", "content", "name", "weight")
+# What OpenAI's format has for tool calling, which Tunery does not train.
+_TOOL_ROLES = ("tool", "function")
+_TOOL_MESSAGE_KEYS = frozenset({"tool_calls", "function_call", "tool_call_id"})
+_TOOL_ROW_KEYS = frozenset({"tools", "functions", "parallel_tool_calls"})
+_TOOLS_UNSUPPORTED = (
+    "tool and function calling is not supported: Tunery fine-tunes on the text of system, "
+    "user and assistant messages"
+)
 MAX_ERRORS = 20
+# Examples estimated longer than this many tokens are reported: it is the default
+# max_seq_length of a job (app/jobs/service.py), beyond which training truncates them.
+LONG_EXAMPLE_TOKENS = 256
+# A rough, tokenizer-free estimate (OpenAI's rule of thumb for English), plus a few tokens
+# per chat message for the role header and end-of-turn marker.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+MAX_LONG_LINES = 20
 # Python's csv refuses fields over 128 KiB by default; a single row may legitimately be
 # megabytes (long documents), so the limit is only ever raised, never lowered.
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024
@@ -71,6 +90,10 @@ class _Scan:
     labels: Counter[str] = field(default_factory=Counter)
     max_chars: int = 0
     total_chars: int = 0
+    rejected_rows: int = 0
+    max_tokens: int = 0
+    long_lines: list[int] = field(default_factory=list)
+    n_long: int = 0
 
     def error(self, line: int, message: str, max_errors: int) -> None:
         self.n_errors += 1
@@ -78,13 +101,48 @@ class _Scan:
             self.errors.append({"line": line, "message": message})
 
 
-def inspect_file(path: Path, filename: str, max_errors: int = MAX_ERRORS) -> FileReport:
-    """Check an upload in one streaming pass: its format, row count, label counts, problems."""
-    scan = _scan(path, filename, max_errors=max_errors, keep_rows=False)
+def inspect_file(
+    path: Path,
+    filename: str,
+    max_errors: int = MAX_ERRORS,
+    *,
+    min_examples: int = 1,
+    long_example_tokens: int = LONG_EXAMPLE_TOKENS,
+) -> FileReport:
+    """Check an upload in one streaming pass: its format, row count, label counts, problems.
+
+    A file with fewer than `min_examples` rows (valid or not) fails as a whole (line 0).
+    Rows estimated over `long_example_tokens` tokens are counted in `stats["long_examples"]`.
+    """
+    scan = _scan(
+        path,
+        filename,
+        max_errors=max_errors,
+        keep_rows=False,
+        long_example_tokens=long_example_tokens,
+    )
+    examples = scan.n_rows + scan.rejected_rows
+    if 0 < examples < min_examples:
+        scan.n_errors += 1
+        scan.errors.insert(
+            0,
+            {
+                "line": 0,
+                "message": f"the file has {examples} example{'s' if examples > 1 else ''}; "
+                f"fine-tuning needs at least {min_examples}: add examples",
+            },
+        )
+        del scan.errors[max_errors:]
     stats: dict[str, Any] = {
         "rows": scan.n_rows,
         "max_chars": scan.max_chars,
         "total_chars": scan.total_chars,
+        "max_tokens_estimate": scan.max_tokens,
+        "long_examples": {
+            "count": scan.n_long,
+            "threshold_tokens": long_example_tokens,
+            "lines": scan.long_lines,
+        },
     }
     if scan.format == CLASSIFICATION:
         stats["labels"] = dict(sorted(scan.labels.items()))
@@ -103,7 +161,37 @@ def read_examples(path: Path, filename: str) -> tuple[str, list[dict[str, Any]]]
     return scan.format, scan.rows
 
 
-def _scan(path: Path, filename: str, *, max_errors: int, keep_rows: bool) -> _Scan:
+def long_examples_warning(stats: dict[str, Any]) -> str | None:
+    """One line telling the user about over-long examples, from inspect_file's stats."""
+    long = stats.get("long_examples") or {}
+    count = int(long.get("count") or 0)
+    if not count:
+        return None
+    lines = ", ".join(str(line) for line in long.get("lines", []))
+    more = ", ..." if count > len(long.get("lines", [])) else ""
+    return (
+        f"{count} example{'s are' if count > 1 else ' is'} estimated over "
+        f"{long.get('threshold_tokens')} tokens (about {CHARS_PER_TOKEN} characters per token; "
+        f"line{'s' if count > 1 else ''} {lines}{more}) and will be truncated in training "
+        "unless the job sets a larger hyperparameters.max_seq_length"
+    )
+
+
+def estimate_tokens(row: dict[str, Any]) -> int:
+    """A tokenizer-free estimate of a valid row's length in tokens."""
+    chars = _row_chars(row)
+    overhead = TOKENS_PER_MESSAGE * len(row["messages"]) if "messages" in row else 0
+    return -(-chars // CHARS_PER_TOKEN) + overhead
+
+
+def _scan(
+    path: Path,
+    filename: str,
+    *,
+    max_errors: int,
+    keep_rows: bool,
+    long_example_tokens: int = LONG_EXAMPLE_TOKENS,
+) -> _Scan:
     scan = _Scan()
     with open(path, "rb") as stream:
         is_jsonl = _is_jsonl(stream, filename)
@@ -117,15 +205,30 @@ def _scan(path: Path, filename: str, *, max_errors: int, keep_rows: bool) -> _Sc
         for line, row in records:
             problem = _check_row(row, scan, line)
             if problem:
+                scan.rejected_rows += 1
                 scan.error(line, problem, max_errors)
                 continue
             scan.n_rows += 1
             chars = _row_chars(row)
             scan.max_chars = max(scan.max_chars, chars)
             scan.total_chars += chars
+            tokens = estimate_tokens(row)
+            scan.max_tokens = max(scan.max_tokens, tokens)
+            if tokens > long_example_tokens:
+                scan.n_long += 1
+                if len(scan.long_lines) < MAX_LONG_LINES:
+                    scan.long_lines.append(line)
             if scan.format == CLASSIFICATION:
                 row = {"text": row["text"], "label": str(row["label"])}
                 scan.labels[row["label"]] += 1
+            elif scan.format == CHAT:
+                # what the trainer renders: name is not trained on, weight is always 1 here
+                row = {
+                    "messages": [
+                        {"role": message["role"], "content": message["content"]}
+                        for message in row["messages"]
+                    ]
+                }
             if keep_rows:
                 scan.rows.append(row)
     if scan.n_rows == 0 and not scan.errors:
@@ -284,6 +387,9 @@ def _check_row(row: Any, scan: _Scan, line: int) -> str | None:
     elif fmt != scan.format:
         return f"this row is in the {fmt} format but the file is {scan.format} (from its first row)"
     extra = set(row) - FORMAT_KEYS[fmt]
+    if fmt == CHAT and extra & _TOOL_ROW_KEYS:
+        keys = ", ".join(sorted(extra & _TOOL_ROW_KEYS))
+        return f"unexpected key(s) {keys}: {_TOOLS_UNSUPPORTED}; remove them"
     if extra:
         allowed = ", ".join(sorted(FORMAT_KEYS[fmt]))
         return f"unexpected key(s) {', '.join(sorted(extra))}: a {fmt} row has exactly {allowed}"
@@ -313,21 +419,62 @@ def _check_label(label: Any) -> str | None:
 
 
 def _check_messages(messages: Any) -> str | None:
+    """The checks OpenAI documents for a chat example, first problem first."""
     if not isinstance(messages, list) or not messages:
         return f"'messages' must be a non-empty list, got {_json_type(messages)}"
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            return f"{where} must be an object with 'role' and 'content', got {_json_type(message)}"
-        if set(message) != {"role", "content"}:
-            keys = ", ".join(sorted(message)) or "none"
-            return f"{where} must have exactly the keys role and content, got {keys}"
-        if message["role"] not in CHAT_ROLES:
-            return f"{where}.role must be one of {', '.join(CHAT_ROLES)}, got {message['role']!r}"
-        if not isinstance(message["content"], str):
-            return f"{where}.content must be a string, got {_json_type(message['content'])}"
+        problem = _check_message(message, f"messages[{index}]")
+        if problem:
+            return problem
     if not any(message["role"] == "assistant" for message in messages):
         return "'messages' has no assistant message: nothing to learn from"
+    return None
+
+
+def _check_message(message: Any, where: str) -> str | None:
+    if not isinstance(message, dict):
+        return f"{where} must be an object with 'role' and 'content', got {_json_type(message)}"
+    tool_keys = set(message) & _TOOL_MESSAGE_KEYS
+    if tool_keys:
+        return f"{where} has {', '.join(sorted(tool_keys))}: {_TOOLS_UNSUPPORTED}"
+    unknown = set(message) - set(CHAT_MESSAGE_KEYS)
+    if unknown:
+        return (
+            f"{where} has unknown key(s) {', '.join(sorted(unknown))}; a message may only have "
+            f"{', '.join(CHAT_MESSAGE_KEYS)}"
+        )
+    for key in ("role", "content"):
+        if key not in message:
+            return f"{where} has no '{key}'"
+    role = message["role"]
+    if role in _TOOL_ROLES:
+        return f"{where}.role is {role!r}: {_TOOLS_UNSUPPORTED}; remove that message"
+    if role not in CHAT_ROLES:
+        return f"{where}.role must be one of {', '.join(CHAT_ROLES)}, got {role!r}"
+    content = message["content"]
+    if not isinstance(content, str):
+        hint = "; content parts (a list) are not supported" if isinstance(content, list) else ""
+        return f"{where}.content must be a string, got {_json_type(content)}{hint}"
+    if not content:
+        return f"{where}.content is empty"
+    if "name" in message and (not isinstance(message["name"], str) or not message["name"]):
+        return f"{where}.name must be a non-empty string, got {_json_type(message['name'])}"
+    if "weight" in message:
+        return _check_weight(message["weight"], role, where)
+    return None
+
+
+def _check_weight(weight: Any, role: str, where: str) -> str | None:
+    if role != "assistant":
+        return f"{where}.weight is only allowed on assistant messages"
+    if isinstance(weight, bool) or weight not in (0, 1):
+        return f"{where}.weight must be 0 or 1, got {json.dumps(weight)}"
+    if weight == 0:
+        # the trainer learns from every assistant message; skipping one is not wired yet
+        return (
+            f"{where}.weight 0 is not supported yet: every assistant message is trained on; "
+            "remove the weight (or the message)"
+        )
     return None
 
 

@@ -1,36 +1,73 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Literal
+
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.jobs import state
+from app.pagination import unknown_cursor
 from app.tables import FileRow, JobRow
 
 
-def get(session: Session, file_id: str) -> FileRow | None:
+def get(session: Session, file_id: str, project_id: str | None = None) -> FileRow | None:
+    """The file, if it is not deleted and belongs to project_id.
+
+    project_id None reads any project's file: only for workers, which act on rows a request
+    already scoped; every request path passes the caller's project.
+    """
     row = session.get(FileRow, file_id)
-    return None if row is None or row.deleted else row
+    if row is None or row.deleted:
+        return None
+    return None if project_id is not None and row.project_id != project_id else row
+
+
+def stored_bytes(session: Session, project_id: str) -> int:
+    """What the project's files take in the store: the storage quota counts this."""
+    query = select(func.coalesce(func.sum(FileRow.bytes), 0)).where(
+        FileRow.project_id == project_id, FileRow.deleted.is_(False)
+    )
+    return int(session.scalar(query) or 0)
 
 
 def list_page(
-    session: Session, *, after: str | None, limit: int, purpose: str | None
+    session: Session,
+    *,
+    project_id: str,
+    after: str | None,
+    limit: int,
+    purpose: str | None,
+    order: Literal["asc", "desc"] = "desc",
 ) -> list[FileRow]:
-    query = select(FileRow).where(FileRow.deleted.is_(False))
+    """Up to limit + 1 files, newest first (or oldest first), after the file `after`."""
+    query = select(FileRow).where(FileRow.project_id == project_id, FileRow.deleted.is_(False))
     if purpose:
         query = query.where(FileRow.purpose == purpose)
     if after:
+        # a file deleted since the previous page still anchors the next one
         anchor = session.get(FileRow, after)
-        if anchor is not None:
+        if anchor is None or anchor.project_id != project_id:
+            raise unknown_cursor("file", after)
+        if order == "desc":
             query = query.where(
                 (FileRow.created_ns < anchor.created_ns)
                 | ((FileRow.created_ns == anchor.created_ns) & (FileRow.id < anchor.id))
             )
-    query = query.order_by(FileRow.created_ns.desc(), FileRow.id.desc()).limit(limit + 1)
-    return list(session.scalars(query))
+        else:
+            query = query.where(
+                (FileRow.created_ns > anchor.created_ns)
+                | ((FileRow.created_ns == anchor.created_ns) & (FileRow.id > anchor.id))
+            )
+    if order == "desc":
+        query = query.order_by(FileRow.created_ns.desc(), FileRow.id.desc())
+    else:
+        query = query.order_by(FileRow.created_ns.asc(), FileRow.id.asc())
+    return list(session.scalars(query.limit(limit + 1)))
 
 
 def active_jobs_using(session: Session, file_id: str) -> list[str]:
     query = select(JobRow.id).where(
-        JobRow.status.in_(("validating_files", "queued", "running")),
+        JobRow.status.in_(state.ACTIVE),
         (JobRow.training_file == file_id) | (JobRow.validation_file == file_id),
     )
     return list(session.scalars(query))

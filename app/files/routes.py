@@ -1,20 +1,24 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from app.deps import SessionDep, SettingsDep, StoreDep
+from app.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.errors import download_response
 from app.files import repository, service
 from app.files.schemas import FileDeleted, FilePublic
 from app.pagination import check_limit, page
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+# OpenAI's files list returns up to 10,000 files by default; the SDK pages on with `after`
+MAX_FILES_LIMIT = 10_000
 
 
 @router.post("", response_model=FilePublic)
 def upload_file(
+    principal: PrincipalDep,
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
@@ -28,29 +32,43 @@ def upload_file(
         filename=file.filename,
         purpose=purpose,
         max_bytes=settings.max_upload_bytes,
+        project_id=principal.project_id,
+        quota_bytes=settings.quota_storage_bytes,
+        min_examples=settings.min_training_examples,
     )
     return FilePublic.of(row)
 
 
 @router.get("")
 def list_files(
+    principal: PrincipalDep,
     session: SessionDep,
     after: str | None = None,
-    limit: Annotated[int, Query()] = 20,
+    limit: Annotated[int, Query()] = MAX_FILES_LIMIT,
     purpose: str | None = None,
+    order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    rows = repository.list_page(session, after=after, limit=check_limit(limit), purpose=purpose)
+    rows = repository.list_page(
+        session,
+        project_id=principal.project_id,
+        after=after,
+        limit=check_limit(limit, MAX_FILES_LIMIT),
+        purpose=purpose,
+        order=order,
+    )
     return page([FilePublic.of(r).model_dump() for r in rows], limit)
 
 
 @router.get("/{file_id}", response_model=FilePublic)
-def retrieve_file(session: SessionDep, file_id: str) -> FilePublic:
-    return FilePublic.of(service.get_file(session, file_id))
+def retrieve_file(principal: PrincipalDep, session: SessionDep, file_id: str) -> FilePublic:
+    return FilePublic.of(service.get_file(session, file_id, principal.project_id))
 
 
-@router.get("/{file_id}/content")
-def file_content(session: SessionDep, store: StoreDep, file_id: str) -> StreamingResponse:
-    row = service.get_file(session, file_id)
+@router.get("/{file_id}/content", responses=download_response("application/octet-stream"))
+def file_content(
+    principal: PrincipalDep, session: SessionDep, store: StoreDep, file_id: str
+) -> StreamingResponse:
+    row = service.get_file(session, file_id, principal.project_id)
     return StreamingResponse(
         store.iter_bytes(row.storage_key),
         media_type="application/octet-stream",
@@ -61,6 +79,8 @@ def file_content(session: SessionDep, store: StoreDep, file_id: str) -> Streamin
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
-def delete_file(session: SessionDep, store: StoreDep, file_id: str) -> FileDeleted:
-    service.delete_file(session, store, file_id)
+def delete_file(
+    principal: PrincipalDep, session: SessionDep, store: StoreDep, file_id: str
+) -> FileDeleted:
+    service.delete_file(session, store, file_id, principal.project_id)
     return FileDeleted(id=file_id)

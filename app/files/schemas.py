@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from app.files.formats import long_examples_warning
 from app.tables import FileRow
 
 
@@ -20,9 +21,12 @@ class FilePublic(BaseModel):
     format: str | None
     stats: dict[str, Any]
     errors: list[dict[str, Any]]
+    # things that do not stop training but that the user should know, e.g. long examples
+    warnings: list[str] = []
 
     @classmethod
     def of(cls, row: FileRow) -> FilePublic:
+        long_examples = long_examples_warning(row.stats or {})
         return cls(
             id=row.id,
             bytes=row.bytes,
@@ -34,6 +38,7 @@ class FilePublic(BaseModel):
             format=row.format,
             stats=row.stats or {},
             errors=row.errors or [],
+            warnings=[long_examples] if long_examples else [],
         )
 
 

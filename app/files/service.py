@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
+from app.auth import quota_exceeded
 from app.errors import APIError, not_found
 from app.files import repository
 from app.files.formats import inspect_file
@@ -43,6 +44,9 @@ def create_file(
     filename: str | None,
     purpose: str,
     max_bytes: int,
+    project_id: str,
+    quota_bytes: int | None = None,
+    min_examples: int = 1,
 ) -> FileRow:
     if purpose not in PURPOSES:
         raise APIError(
@@ -51,11 +55,20 @@ def create_file(
             param="purpose",
         )
     name = clean_filename(filename)
+    used = repository.stored_bytes(session, project_id) if quota_bytes is not None else 0
+    if quota_bytes is not None and used >= quota_bytes:
+        raise _over_storage(used, quota_bytes)
     file_id = new_id("file")
     key = f"files/{file_id}/{name}"
     try:
-        size = store.write_stream(key, _chunks(stream), limit=max_bytes)
+        # never more than the quota has room for: an upload past it stops being read there
+        room = max_bytes if quota_bytes is None else min(max_bytes, quota_bytes - used)
+        size = store.write_stream(key, _chunks(stream), limit=room)
     except TooLarge as exc:
+        store.delete(f"files/{file_id}")  # the partial is gone; leave no empty folder either
+        if exc.limit < max_bytes:
+            assert quota_bytes is not None
+            raise _over_storage(used, quota_bytes) from exc
         raise APIError(
             413,
             f"The file is larger than the limit of {exc.limit} bytes; split it or raise "
@@ -64,12 +77,13 @@ def create_file(
             code="file_too_large",
         ) from exc
     try:
-        report = inspect_file(store.local_file(key), name)
+        report = inspect_file(store.local_file(key), name, min_examples=min_examples)
     except BaseException:
         store.delete(f"files/{file_id}")
         raise
     row = FileRow(
         id=file_id,
+        project_id=project_id,
         filename=name,
         purpose=purpose,
         bytes=size,
@@ -89,15 +103,24 @@ def create_file(
     return row
 
 
-def get_file(session: Session, file_id: str) -> FileRow:
-    row = repository.get(session, file_id)
+def _over_storage(used: int, quota: int) -> APIError:
+    return quota_exceeded(
+        f"This upload would take the project's stored files past its storage quota of {quota} "
+        f"bytes ({used} bytes are used). Delete files with DELETE /v1/files/{{file_id}}, or ask "
+        "the operator to raise TUNERY_QUOTA_STORAGE_BYTES.",
+        param="file",
+    )
+
+
+def get_file(session: Session, file_id: str, project_id: str) -> FileRow:
+    row = repository.get(session, file_id, project_id)
     if row is None:
         raise not_found("file", file_id, param="file_id")
     return row
 
 
-def delete_file(session: Session, store: ArtifactStore, file_id: str) -> None:
-    row = get_file(session, file_id)
+def delete_file(session: Session, store: ArtifactStore, file_id: str, project_id: str) -> None:
+    row = get_file(session, file_id, project_id)
     users = repository.active_jobs_using(session, file_id)
     if users:
         raise APIError(

@@ -12,9 +12,11 @@ import pytest
 
 from app.files.formats import (
     FORMATS_BY_TASK,
+    LONG_EXAMPLE_TOKENS,
     DatasetError,
     FileReport,
     inspect_file,
+    long_examples_warning,
     read_examples,
 )
 
@@ -101,6 +103,8 @@ def test_classification_csv(tmp_path: Path) -> None:
         "rows": 3,
         "max_chars": 12,
         "total_chars": 26,
+        "max_tokens_estimate": 3,
+        "long_examples": {"count": 0, "threshold_tokens": LONG_EXAMPLE_TOKENS, "lines": []},
         "labels": {"neg": 1, "pos": 2},
     }
     _, rows = read_examples(path, "train.csv")
@@ -175,19 +179,56 @@ def test_jsonl_row_errors(tmp_path: Path, content: str, line: int, fragment: str
     assert fragment in error["message"]
 
 
+ASSISTANT = {"role": "assistant", "content": "ok"}
+
+
 @pytest.mark.parametrize(
     ("messages", "fragment"),
     [
         ([], "'messages' must be a non-empty list"),
         ("hi", "'messages' must be a non-empty list"),
         (["hi"], "messages[0] must be an object"),
-        ([{"role": "user"}], "messages[0] must have exactly the keys role and content"),
-        ([{"role": "user", "content": "a", "name": "bob"}], "exactly the keys"),
+        ([{"role": "user"}, ASSISTANT], "messages[0] has no 'content'"),
+        ([{"content": "a"}, ASSISTANT], "messages[0] has no 'role'"),
         (
-            [{"role": "bot", "content": "a"}],
+            [{"role": "user", "content": "a", "id": 3}, ASSISTANT],
+            "messages[0] has unknown key(s) id; a message may only have role, content, name, "
+            "weight",
+        ),
+        (
+            [{"role": "bot", "content": "a"}, ASSISTANT],
             "messages[0].role must be one of system, user, assistant",
         ),
         ([{"role": "assistant", "content": 3}], "messages[0].content must be a string"),
+        (
+            [{"role": "assistant", "content": None}],
+            "messages[0].content must be a string, got null",
+        ),
+        (
+            [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}],
+            "content parts (a list) are not supported",
+        ),
+        ([ASSISTANT, {"role": "user", "content": ""}], "messages[1].content is empty"),
+        (
+            [ASSISTANT, {"role": "tool", "content": "42", "tool_call_id": "c1"}],
+            "messages[1] has tool_call_id: tool and function calling is not supported",
+        ),
+        (
+            [ASSISTANT, {"role": "function", "content": "42"}],
+            "messages[1].role is 'function': tool and function calling is not supported",
+        ),
+        (
+            [{"role": "assistant", "content": "x", "tool_calls": []}],
+            "messages[0] has tool_calls: tool and function calling",
+        ),
+        ([{"role": "user", "content": "a", "name": 5}, ASSISTANT], "name must be a non-empty"),
+        (
+            [{"role": "user", "content": "a", "weight": 1}, ASSISTANT],
+            "messages[0].weight is only allowed on assistant messages",
+        ),
+        ([{"role": "assistant", "content": "a", "weight": 2}], "weight must be 0 or 1, got 2"),
+        ([{"role": "assistant", "content": "a", "weight": True}], "weight must be 0 or 1"),
+        ([{"role": "assistant", "content": "a", "weight": 0}], "weight 0 is not supported yet"),
         ([{"role": "user", "content": "a"}], "no assistant message"),
     ],
 )
@@ -196,6 +237,78 @@ def test_chat_errors(tmp_path: Path, messages: Any, fragment: str) -> None:
     error = only_error(inspect(tmp_path, "chat.jsonl", content))
     assert error == {"line": 2, "message": error["message"]}
     assert fragment in error["message"]
+
+
+def test_chat_tools_at_the_row_level_are_refused(tmp_path: Path) -> None:
+    row = {**CHAT_ROW, "tools": [{"type": "function", "function": {"name": "f"}}]}
+    error = only_error(inspect(tmp_path, "chat.jsonl", jsonl(row)))
+    assert error["line"] == 1
+    assert (
+        "unexpected key(s) tools: tool and function calling is not supported" in (error["message"])
+    )
+
+
+def test_chat_name_and_weight_are_accepted_and_not_trained_on(tmp_path: Path) -> None:
+    row = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi", "name": "ann"},
+            {"role": "assistant", "content": "hello", "weight": 1},
+        ]
+    }
+    path = write(tmp_path, "chat.jsonl", jsonl(row))
+    assert inspect_file(path, "chat.jsonl").ok
+    assert read_examples(path, "chat.jsonl") == ("chat", [CHAT_ROW])
+
+
+def test_too_few_examples_fail_the_file_as_a_whole(tmp_path: Path) -> None:
+    nine = jsonl(*[CHAT_ROW] * 9)
+    report = inspect_file(write(tmp_path, "nine.jsonl", nine), "nine.jsonl", min_examples=10)
+    assert only_error(report) == {
+        "line": 0,
+        "message": "the file has 9 examples; fine-tuning needs at least 10: add examples",
+    }
+    assert report.status_details == report.errors[0]["message"]
+    assert report.stats["rows"] == 9
+    ten = write(tmp_path, "ten.jsonl", jsonl(*[CHAT_ROW] * 10))
+    assert inspect_file(ten, "ten.jsonl", min_examples=10).ok
+    # a bad row still counts as an example: both problems are told at once
+    bad = jsonl(*[CHAT_ROW] * 7, {"messages": []})
+    report = inspect_file(write(tmp_path, "bad.jsonl", bad), "bad.jsonl", min_examples=10)
+    assert [e["line"] for e in report.errors] == [0, 8]
+    assert "has 8 examples" in report.errors[0]["message"]
+    assert report.status_details is not None and report.status_details.endswith(
+        "(and 1 more problem)"
+    )
+
+
+def test_long_examples_are_counted_with_their_lines(tmp_path: Path) -> None:
+    long_text = "word " * 400  # 2000 characters: about 500 tokens
+    rows = [
+        {"prompt": "short", "completion": "answer"},
+        {"prompt": long_text, "completion": "answer"},
+        {"prompt": "short", "completion": long_text},
+    ]
+    report = inspect(tmp_path, "pc.jsonl", jsonl(*rows))
+    assert report.ok, report.errors
+    long = report.stats["long_examples"]
+    assert long == {"count": 2, "threshold_tokens": LONG_EXAMPLE_TOKENS, "lines": [2, 3]}
+    assert report.stats["max_tokens_estimate"] == (len(long_text) + len("answer") + 3) // 4
+    warning = long_examples_warning(report.stats)
+    assert warning is not None
+    assert warning.startswith(f"2 examples are estimated over {LONG_EXAMPLE_TOKENS} tokens")
+    assert "lines 2, 3" in warning and "max_seq_length" in warning
+    higher = inspect_file(
+        write(tmp_path, "pc2.jsonl", jsonl(*rows)), "pc2.jsonl", long_example_tokens=1000
+    )
+    assert higher.stats["long_examples"]["count"] == 0
+    assert long_examples_warning(higher.stats) is None
+
+
+def test_long_example_threshold_is_the_default_max_seq_length() -> None:
+    from app.jobs.service import DEFAULT_MAX_SEQ_LENGTH
+
+    assert LONG_EXAMPLE_TOKENS == DEFAULT_MAX_SEQ_LENGTH
 
 
 def test_non_utf8_line(tmp_path: Path) -> None:

@@ -1,0 +1,350 @@
+"""Translate OpenAI generation requests to the inference server's predict, and back.
+
+A request becomes a `Generation` (the model spec, one input, the parameters), which the
+inference server answers with a prediction or a stream of events (docs/internals.md);
+those become OpenAI's chat.completion / text_completion objects or their chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.errors import APIError
+from app.ids import new_id
+from app.inference_client import InferenceClient, PredictStream
+from app.models.service import serving_spec
+from app.openai_compat.schemas import ChatCompletionRequest, CompletionRequest
+
+# roles the inference server renders with the chat template; "developer" is OpenAI's newer
+# name for "system"
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_MESSAGE_KEYS = frozenset({"role", "content", "name", "refusal"})
+
+
+@dataclass(frozen=True)
+class Generation:
+    model: str  # as the client named it; echoed in the response
+    spec: dict[str, Any]
+    input: str | dict[str, Any]
+    parameters: dict[str, Any]
+    # (inference server's name, client's name) prefixes, to report errors in its words
+    names: list[tuple[str, str]] = field(default_factory=list)
+    id: str = field(default_factory=lambda: new_id("chatcmpl"))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def generative_spec(
+    session: Session, models_dir: Path, model: str, project_id: str
+) -> dict[str, Any]:
+    """The serving spec of a model that generates text; a classifier is refused. Another
+    project's fine-tuned model reads as missing (404)."""
+    spec = serving_spec(session, models_dir, model, param="model", project_id=project_id)
+    if spec["task"] != "causal-lm":
+        raise APIError(
+            400,
+            f"Model {model} is a {spec['task']} model: it predicts labels and cannot generate "
+            "text. Deploy it with POST /v1/deployments and call POST "
+            "/v1/deployments/{id}/predict instead, or pick a causal-lm model.",
+            param="model",
+            code="model_not_generative",
+        )
+    return spec
+
+
+def chat_generation(
+    session: Session, models_dir: Path, body: ChatCompletionRequest, project_id: str
+) -> Generation:
+    body.check()
+    messages = [_message(m, f"messages.{i}") for i, m in enumerate(body.messages)]
+    spec = generative_spec(session, models_dir, body.model, project_id)
+    limit, limit_name = body.token_limit()
+    return Generation(
+        model=body.model,
+        spec=spec,
+        input={"messages": messages},
+        parameters=_parameters(body, limit),
+        names=[
+            ("parameters.max_new_tokens", limit_name),
+            ("parameters.", ""),
+            ("inputs.0.messages", "messages"),
+            ("inputs.0", "messages"),
+            ("inputs", "messages"),
+        ],
+    )
+
+
+def completion_generation(
+    session: Session, models_dir: Path, body: CompletionRequest, project_id: str
+) -> Generation:
+    body.check()
+    prompt = _prompt(body.prompt)
+    spec = generative_spec(session, models_dir, body.model, project_id)
+    return Generation(
+        model=body.model,
+        spec=spec,
+        input=prompt,
+        parameters=_parameters(body, body.max_tokens),
+        names=[
+            ("parameters.max_new_tokens", "max_tokens"),
+            ("parameters.", ""),
+            ("inputs.0", "prompt"),
+            ("inputs", "prompt"),
+        ],
+        id=new_id("cmpl"),
+    )
+
+
+def predict(client: InferenceClient, generation: Generation) -> dict[str, Any]:
+    try:
+        body = client.predict(generation.spec, [generation.input], generation.parameters)
+    except APIError as exc:
+        raise public_error(exc, generation.names) from exc
+    prediction: dict[str, Any] = body["predictions"][0]
+    return prediction
+
+
+def start_stream(client: InferenceClient, generation: Generation) -> PredictStream:
+    try:
+        return client.stream_predict(generation.spec, generation.input, generation.parameters)
+    except APIError as exc:
+        raise public_error(exc, generation.names) from exc
+
+
+def chat_completion(generation: Generation, prediction: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": generation.id,
+        "object": "chat.completion",
+        "created": generation.created,
+        "model": generation.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": prediction["text"], "refusal": None},
+                "finish_reason": prediction["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(prediction),
+        "system_fingerprint": None,
+    }
+
+
+def text_completion(generation: Generation, prediction: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": generation.id,
+        "object": "text_completion",
+        "created": generation.created,
+        "model": generation.model,
+        "choices": [
+            {
+                "index": 0,
+                "text": prediction["text"],
+                "finish_reason": prediction["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(prediction),
+        "system_fingerprint": None,
+    }
+
+
+def chat_chunks(
+    generation: Generation, events: PredictStream, include_usage: bool
+) -> Iterator[dict[str, Any]]:
+    """chat.completion.chunk objects: the role, the text as it comes, the finish reason,
+    then (when asked for with stream_options.include_usage) the usage with no choices."""
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return _chunk(
+            generation,
+            "chat.completion.chunk",
+            {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None},
+            include_usage,
+        )
+
+    yield chunk({"role": "assistant", "content": ""})
+    for event in _public_events(events, generation):
+        if "text" in event:
+            if event["text"]:
+                yield chunk({"content": event["text"]})
+            continue
+        yield chunk({}, event["finish_reason"])
+        if include_usage:
+            yield {**_chunk(generation, "chat.completion.chunk", None, True), "usage": usage(event)}
+        return
+
+
+def completion_chunks(
+    generation: Generation, events: PredictStream, include_usage: bool
+) -> Iterator[dict[str, Any]]:
+    """text_completion objects with the text as it comes, then the finish reason (and usage)."""
+
+    def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return _chunk(generation, "text_completion", choice, include_usage)
+
+    for event in _public_events(events, generation):
+        if "text" in event:
+            if event["text"]:
+                yield chunk(event["text"])
+            continue
+        yield chunk("", event["finish_reason"])
+        if include_usage:
+            yield {**_chunk(generation, "text_completion", None, True), "usage": usage(event)}
+        return
+
+
+def usage(prediction: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = int(prediction["prompt_tokens"]), int(prediction["completion_tokens"])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def public_error(exc: APIError, names: list[tuple[str, str]]) -> APIError:
+    """The inference server's error, with its field names replaced by the client's."""
+    param = exc.param
+    if param is None:
+        return exc
+    for internal, public in names:
+        if internal.endswith("."):
+            matches = param.startswith(internal)
+        else:
+            matches = param == internal or param.startswith(internal + ".")
+        if matches:
+            renamed = public + param[len(internal) :]
+            message = exc.message
+            if message.startswith(param):
+                message = renamed + message[len(param) :]
+            return APIError(exc.status, message, param=renamed, code=exc.code, headers=exc.headers)
+    return exc
+
+
+def _public_events(events: PredictStream, generation: Generation) -> Iterator[dict[str, Any]]:
+    try:
+        yield from events
+    except APIError as exc:
+        raise public_error(exc, generation.names) from exc
+    finally:
+        events.close()
+
+
+def _chunk(
+    generation: Generation, kind: str, choice: dict[str, Any] | None, include_usage: bool
+) -> dict[str, Any]:
+    chunk: dict[str, Any] = {
+        "id": generation.id,
+        "object": kind,
+        "created": generation.created,
+        "model": generation.model,
+        "choices": [choice] if choice is not None else [],
+        "system_fingerprint": None,
+    }
+    if include_usage:
+        chunk["usage"] = None  # only the last chunk carries it
+    return chunk
+
+
+def _parameters(
+    body: ChatCompletionRequest | CompletionRequest, limit: int | None
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        "max_new_tokens": limit,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": body.stop,
+        "seed": body.seed,
+    }
+    return {name: value for name, value in parameters.items() if value is not None}
+
+
+def _message(message: Any, where: str) -> dict[str, str]:
+    """An OpenAI chat message as the inference server takes it: role and text content."""
+    if not isinstance(message, dict):
+        raise APIError(400, f"{where} must be an object with role and content.", param=where)
+    role = message.get("role")
+    if role in ("tool", "function"):
+        raise APIError(
+            400,
+            f"{where}.role is {role!r}: Tunery models do not call tools, so there are no tool "
+            "results to send; remove that message.",
+            param=f"{where}.role",
+            code="unsupported_parameter",
+        )
+    if role not in _ROLES:
+        raise APIError(
+            400,
+            f"{where}.role must be one of {', '.join(_ROLES)}; got {role!r}.",
+            param=f"{where}.role",
+        )
+    for key in ("tool_calls", "function_call", "audio"):
+        if message.get(key):
+            raise APIError(
+                400,
+                f"{where}.{key} is not supported: Tunery models generate text only.",
+                param=f"{where}.{key}",
+                code="unsupported_parameter",
+            )
+    unknown = set(message) - _MESSAGE_KEYS - {"tool_calls", "function_call", "audio"}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise APIError(
+            400,
+            f"{where}.{name} is not a message field; a message has role, content and "
+            "optionally name.",
+            param=f"{where}.{name}",
+        )
+    return {"role": _ROLES[role], "content": _content(message.get("content"), f"{where}.content")}
+
+
+def _content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if content is None:
+        raise APIError(400, f"{where} is required.", param=where)
+    if not isinstance(content, list):
+        raise APIError(400, f"{where} must be a string or a list of text parts.", param=where)
+    texts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise APIError(
+                400,
+                f"{where}.{index} is a part of type {kind!r}; Tunery models take text parts only "
+                '({"type": "text", "text": ...}).',
+                param=f"{where}.{index}",
+                code="unsupported_parameter",
+            )
+        if not isinstance(part.get("text"), str):
+            raise APIError(400, f"{where}.{index}.text must be a string.", param=f"{where}.{index}")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _prompt(prompt: str | list[Any]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    token_ids = bool(prompt) and all(isinstance(p, int) for p in prompt)
+    if token_ids or any(isinstance(p, list) for p in prompt):
+        raise APIError(
+            400,
+            "prompt holds token ids; Tunery takes the prompt as text.",
+            param="prompt",
+            code="unsupported_parameter",
+        )
+    if len(prompt) != 1 or not isinstance(prompt[0], str):
+        raise APIError(
+            400,
+            f"prompt must be a string (or a list of one string); got a list of {len(prompt)}: "
+            "send one request per prompt.",
+            param="prompt",
+        )
+    return prompt[0]
