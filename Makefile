@@ -16,9 +16,10 @@ run:
 	$(INSTALL) demo
 	$(BIN)/tunery serve --host $(HOST) --port $(PORT)
 
-## test: install the dev tools, then ruff, mypy and pytest; fails if any of them fails
+## test: install the dev tools (and chromium for the dashboard test), then ruff, mypy and pytest
 test:
 	$(INSTALL) dev
+	bash scripts/install-browser.sh
 	@failed=""; \
 	echo "== ruff check ."; $(BIN)/ruff check . || failed="$$failed ruff"; \
 	echo "== mypy"; $(BIN)/mypy || failed="$$failed mypy"; \

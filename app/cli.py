@@ -5,12 +5,21 @@ tunery api [--host H] [--port P]      the HTTP API alone
 tunery worker                         a Celery worker that runs training jobs
 tunery inference [--host H] [--port P]
 tunery db upgrade                     apply the Alembic migrations
+
+and the client of a running API (app/client/; TUNERY_BASE_URL, TUNERY_API_KEY):
+
+tunery files upload|list|get|delete
+tunery jobs create|list|get|watch|cancel|pause|resume|events|metrics|checkpoints
+tunery models list|get|download|delete
+tunery deployments create|list|get|delete
+tunery predict DEPLOYMENT TEXT...     (`--json` on every verb prints the API objects)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -21,6 +30,9 @@ import threading
 import time
 from collections.abc import Sequence
 
+from app.admin import add_key_commands, prepare_auth
+from app.client.commands import CLIENT_COMMANDS
+from app.client.commands import register as register_client_commands
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("tunery")
@@ -48,6 +60,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     _prepare(settings)
+    prepare_auth(settings, args.host)
     log.info(
         "API on http://%s:%s (database %s)",
         args.host,
@@ -101,6 +114,14 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _die_with_parent() -> None:
+    """Runs in each child of `tunery serve` before exec: a serve killed with SIGKILL (which
+    cannot stop its children itself) still takes its worker and inference server along."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PDEATHSIG
+
+
 class _Children:
     """The worker and inference server of `tunery serve`, restarted if they die."""
 
@@ -112,7 +133,7 @@ class _Children:
 
     def start(self, name: str) -> None:
         self.procs[name] = subprocess.Popen(
-            self.commands[name], env=self.env, start_new_session=True
+            self.commands[name], env=self.env, start_new_session=True, preexec_fn=_die_with_parent
         )
 
     def watch(self) -> None:
@@ -148,6 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     _prepare(settings)
+    prepare_auth(settings, args.host)
     inference_port = args.inference_port or _free_port("127.0.0.1")
     env = dict(os.environ)
     env["TUNERY_DATA_DIR"] = str(settings.data_dir)
@@ -220,12 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     up = db_sub.add_parser("upgrade", help="apply migrations")
     up.add_argument("revision", nargs="?", default="heads")
     up.set_defaults(func=cmd_db)
+
+    register_client_commands(sub)
+    add_key_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    # the client verbs print for people; the servers log
+    level = logging.WARNING if args.command in CLIENT_COMMANDS else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return int(args.func(args) or 0)
 
 
