@@ -9,6 +9,7 @@ is the embedded single-user mode, which the CLI allows only on a loopback addres
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import threading
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import APIError
+from app.errors import APIError, unauthorized
 from app.ids import new_id
 from app.tables import ApiKeyRow, ProjectRow
 
@@ -26,6 +27,13 @@ KEY_PREFIX = "tun-"
 # how long a key lookup (hit or "no keys exist") is trusted before it is read again:
 # a revoked key stops working within this many seconds in every API process
 CACHE_SECONDS = 5.0
+
+
+def quota_exceeded(message: str, *, param: str | None = None, retry_after: int = 60) -> APIError:
+    """429 for a project over one of its quotas (docs/security.md); Retry-After in seconds."""
+    return APIError(
+        429, message, param=param, code="quota_exceeded", headers={"Retry-After": str(retry_after)}
+    )
 
 
 def hash_key(key: str) -> str:
@@ -165,17 +173,56 @@ class KeyResolver:
             if principal is not None:
                 return principal
             if open_project is None:
-                raise _unauthorized("The API key is not valid or was revoked.")
+                raise unauthorized("The API key is not valid or was revoked.")
         if open_project is not None:
             # no keys exist: the embedded single-user mode; any or no token is accepted
             return Principal(open_project, None)
         if token is None:
-            raise _unauthorized(
+            raise unauthorized(
                 "Missing API key: send 'Authorization: Bearer <key>'. Create one with "
                 "`tunery keys create --project NAME`."
             )
-        raise _unauthorized("The API key is not valid or was revoked.")
+        raise unauthorized("The API key is not valid or was revoked.")
 
 
-def _unauthorized(message: str) -> APIError:
-    return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+class RateLimiter:
+    """A token bucket per API key, in this process's memory (docs/security.md).
+
+    Each key may make `per_minute` requests in a burst and then `per_minute / 60` a second;
+    with several API processes the limit applies in each. `per_minute` 0 turns it off, and
+    open mode (no key exists: the loopback-only single-user service) has no key to limit.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0  # tokens a second
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def take(self, principal: Principal) -> None:
+        """Spend one token of the caller's bucket, or raise 429 with Retry-After."""
+        if self.per_minute <= 0 or principal.key_id is None:
+            return
+        who = principal.key_id
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(who, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - at) * self.rate)
+            if tokens >= 1.0:
+                if len(self._buckets) > 10_000 and who not in self._buckets:
+                    # full buckets carry no state: forget them
+                    full = [k for k, (t, _) in self._buckets.items() if t >= self.per_minute - 1]
+                    for k in full:
+                        del self._buckets[k]
+                self._buckets[who] = (tokens - 1.0, now)
+                return
+            self._buckets[who] = (tokens, now)
+        wait = max(1, math.ceil((1.0 - tokens) / self.rate))
+        raise APIError(
+            429,
+            f"Rate limit exceeded: this API key may make {self.per_minute} requests a minute. "
+            f"Retry after {wait} seconds, slow down, or ask the operator to raise "
+            "TUNERY_RATE_LIMIT_PER_MINUTE.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(wait)},
+        )

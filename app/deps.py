@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.auth import Principal
+from app.auth import Principal, RateLimiter
 from app.settings import Settings
 from app.storage import ArtifactStore
 
@@ -48,7 +48,13 @@ async def require_principal(request: Request) -> Principal:
 
     Async on purpose: keys are cached in memory, so the common case costs no thread hop.
     """
-    principal: Principal = request.app.state.keys.resolve(request.headers.get("authorization"))
+    state = request.app.state
+    principal: Principal = state.keys.resolve(request.headers.get("authorization"))
+    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
+    if limiter is None:
+        # made on first use, from the app's settings (one bucket table per API process)
+        limiter = state.rate_limiter = RateLimiter(state.settings.rate_limit_per_minute)
+    limiter.take(principal)
     request.state.principal = principal
     return principal
 

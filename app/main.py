@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import db
+from app.auth import KeyResolver
+from app.dashboard import install_dashboard
 from app.deployments.routes import router as deployments_router
-from app.errors import error_body, install_error_handlers
+from app.deps import require_principal
+from app.errors import document_errors, error_body, error_responses, install_error_handlers
+from app.evaluations.routes import router as evaluations_router
 from app.files.routes import router as files_router
 from app.inference_client import InferenceClient
 from app.jobs.reconciler import Reconciler
 from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
+from app.observability import install_metrics
+from app.openai_compat.routes import router as openai_router
 from app.reads import make_reads
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
+
+# an upload or checkpoint write still going after this long is abandoned (its process died)
+PARTIAL_MAX_AGE_SECONDS = 6 * 3600
 
 
 def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> FastAPI:
@@ -53,6 +64,13 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
             )
             loop.start()
         await app.state.reads.open()
+        # uploads cut off by a crash leave <key>.partial-* files nobody lists; drop old ones
+        threading.Thread(
+            target=store.remove_partials,
+            args=(PARTIAL_MAX_AGE_SECONDS,),
+            name="tunery-partials",
+            daemon=True,
+        ).start()
         yield
         await app.state.reads.close()
         if loop is not None:
@@ -73,13 +91,31 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     app.state.celery = celery
     app.state.sessionmaker = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
     app.state.reads = make_reads(settings.database_url, engine)
+    app.state.keys = KeyResolver(app.state.sessionmaker)
 
     install_error_handlers(app)
 
     app.add_middleware(RefuseOversize, limit=settings.max_upload_bytes)
 
-    for router in (files_router, jobs_router, models_router, deployments_router):
-        app.include_router(router)
+    # every /v1 route needs a valid key once any key exists (app/auth.py); `responses`
+    # documents the error statuses each router's routes answer besides COMMON_ERRORS
+    authenticated = [Depends(require_principal)]
+    for router, statuses in (
+        (files_router, (409,)),
+        (jobs_router, (409,)),
+        (models_router, (409, 503)),
+        (deployments_router, (409, 503)),
+    ):
+        app.include_router(router, dependencies=authenticated, responses=error_responses(*statuses))
+    app.include_router(
+        openai_router, dependencies=authenticated, responses=error_responses(409, 503)
+    )
+    install_metrics(app)  # request timing and GET /metrics (app/observability.py)
+    install_dashboard(app)  # the dashboard at / (app/dashboard/)
+    app.include_router(
+        evaluations_router, dependencies=authenticated, responses=error_responses(409)
+    )
+    document_errors(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
@@ -110,34 +146,59 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     return app
 
 
+# what a multipart body may add to the file it carries (boundaries, headers, form fields)
+MULTIPART_ENVELOPE = 1024 * 1024
+
+
 class RefuseOversize:
-    """Refuses a body over the upload limit before reading a byte of it.
+    """Refuses a body over the upload limit: before reading a byte of it when it announces
+    its size (Content-Length), and as soon as it streams past the limit when it does not
+    (chunked), so that neither memory nor the spool disk takes an unbounded body.
 
     Plain ASGI rather than @app.middleware: it runs on every request, and the decorator form
-    costs a task and a stream wrapper per request. The artifact store enforces the limit
-    again while streaming, for clients that send no Content-Length.
+    costs a task and a stream wrapper per request.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
+    def _message(self, size: str) -> str:
+        return (
+            f"Request body of {size} bytes is over the limit of {self.limit} bytes; split the "
+            "file or raise TUNERY_MAX_UPLOAD_BYTES."
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            # room for the multipart envelope around the file
-            if length.isdigit() and int(length) > self.limit + 1024 * 1024:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # room for the multipart envelope around the file
+        most = self.limit + MULTIPART_ENVELOPE
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            # the server frames the body by Content-Length: it cannot grow past what it says
+            if length.isdigit() and int(length) > most:
                 response = JSONResponse(
-                    error_body(
-                        413,
-                        f"Request body of {int(length)} bytes is over the limit of "
-                        f"{self.limit} bytes; split the file or raise TUNERY_MAX_UPLOAD_BYTES.",
-                        "file",
-                        "file_too_large",
-                    ),
+                    error_body(413, self._message(str(int(length))), "file", "file_too_large"),
                     status_code=413,
                     headers={"Connection": "close"},
                 )
                 await response(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > most:
+                    # an HTTPException passes FastAPI's body parsing untouched and is answered
+                    # by the error handlers (app/errors.py), before the rest is read
+                    raise StarletteHTTPException(413, self._message(f"more than {most}"))
+            return message
+
+        await self.app(scope, counted, send)

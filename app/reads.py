@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine, make_url
 from app.tables import JobRow
 
 _JOB_COLUMNS = [c.name for c in JobRow.__table__.columns]
-_JOB_SQL = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = %s"
+# scoped to the caller's project in the same query: another project's job reads as missing
+_JOB_SQL = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = %s AND project_id = %s"
 
 
 class Reads(Protocol):
@@ -27,8 +28,8 @@ class Reads(Protocol):
 
     async def close(self) -> None: ...
 
-    async def job(self, job_id: str) -> Any | None:
-        """The job row's columns as attributes, or None."""
+    async def job(self, job_id: str, project_id: str) -> Any | None:
+        """The job row's columns as attributes, or None (also for another project's job)."""
 
 
 class ThreadReads:
@@ -41,14 +42,17 @@ class ThreadReads:
     async def close(self) -> None:
         return None
 
-    def _job(self, job_id: str) -> Any | None:
+    def _job(self, job_id: str, project_id: str) -> Any | None:
+        columns = JobRow.__table__.c
         with self.engine.connect() as conn:
-            query = select(JobRow.__table__).where(JobRow.__table__.c.id == job_id)
+            query = select(JobRow.__table__).where(
+                columns.id == job_id, columns.project_id == project_id
+            )
             row = conn.execute(query).mappings().first()
         return None if row is None else SimpleNamespace(**row)
 
-    async def job(self, job_id: str) -> Any | None:
-        return await asyncio.to_thread(self._job, job_id)
+    async def job(self, job_id: str, project_id: str) -> Any | None:
+        return await asyncio.to_thread(self._job, job_id, project_id)
 
 
 class PostgresReads:
@@ -72,9 +76,9 @@ class PostgresReads:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def job(self, job_id: str) -> Any | None:
+    async def job(self, job_id: str, project_id: str) -> Any | None:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(_JOB_SQL, (job_id,))  # prepared after 5 uses
+            cursor = await conn.execute(_JOB_SQL, (job_id, project_id))  # prepared after 5 uses
             row = await cursor.fetchone()
         return None if row is None else SimpleNamespace(**dict(zip(_JOB_COLUMNS, row, strict=True)))
 

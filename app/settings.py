@@ -31,11 +31,23 @@ class Settings(BaseSettings):
     # jobs queued longer than this without a claim are enqueued again (a lost message)
     requeue_after_seconds: int = 120
     reconcile_every_seconds: float = 15.0
+    # an operator-chosen API key installed at start (docker compose sets it from .env)
+    bootstrap_api_key: str | None = None
+    bootstrap_project: str = "default"
+    # per-project quotas (docs/security.md): unfinished jobs at once, and stored upload bytes
+    quota_concurrent_jobs: int = Field(default=4, ge=1)
+    quota_storage_bytes: int = Field(default=50 * 1024**3, ge=1)
+    # requests per minute per API key (a token bucket in each API process); 0 turns it off
+    rate_limit_per_minute: int = Field(default=600, ge=0)
     # one log line per HTTP request costs ~15% of a status GET; off unless asked for
     access_log: bool = False
-    # inference server model cache: how many models stay loaded, and a memory budget
-    inference_max_models: int = 4
+    # inference server model cache: how many models stay loaded (adapters count, but share
+    # one copy of their base), and a memory budget
+    inference_max_models: int = Field(default=16, ge=1)
     inference_memory_budget_bytes: int | None = None
+    # dynamic micro-batching: inputs per forward, and the longest a request waits for others
+    inference_max_batch_size: int = Field(default=32, ge=1, le=1024)
+    inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     # a worker process claims at most one job at a time; torch threads for the trainer
     trainer_threads: int | None = None
 

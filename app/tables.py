@@ -15,10 +15,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    insert,
+    select,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
+from app.ids import new_id
 
 
 def now() -> int:
@@ -27,6 +30,18 @@ def now() -> int:
 
 def now_ns() -> int:
     return time.time_ns()
+
+
+def default_project_id(context: Any) -> str:
+    """A row inserted without a project (a seed script, a tool) belongs to the "default"
+    project, as the 0005 migration's backfill does. Requests always set the caller's."""
+    projects = ProjectRow.__table__
+    conn = context.connection
+    found = conn.execute(select(projects.c.id).where(projects.c.name == "default")).scalar()
+    if found is None:
+        found = new_id("proj")
+        conn.execute(insert(ProjectRow).values(id=found, name="default", created_at=now()))
+    return str(found)
 
 
 class FileRow(Base):
@@ -46,6 +61,10 @@ class FileRow(Base):
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     storage_key: Mapped[str] = mapped_column(String(512))
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # the owning project (app/auth.py): every query a request makes filters by it
+    project_id: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, index=True, default=default_project_id
+    )
 
 
 class JobRow(Base):
@@ -83,6 +102,10 @@ class JobRow(Base):
     enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # another job's checkpoint (ftckpt-...) whose weights this job starts from
     from_checkpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the owning project (app/auth.py): every query a request makes filters by it
+    project_id: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, index=True, default=default_project_id
+    )
 
 
 class JobEventRow(Base):
@@ -122,6 +145,10 @@ class FineTunedModelRow(Base):
     artifact_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the owning project (app/auth.py): every query a request makes filters by it
+    project_id: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, index=True, default=default_project_id
+    )
 
 
 class DeploymentRow(Base):
@@ -134,8 +161,14 @@ class DeploymentRow(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     load_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # an adapter's share: the base copy it runs on with every other adapter of that base
+    base_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     requests_served: Mapped[int] = mapped_column(BigInteger, default=0)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the owning project (app/auth.py): every query a request makes filters by it
+    project_id: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, index=True, default=default_project_id
+    )
 
 
 class ProjectRow(Base):
@@ -181,3 +214,33 @@ class JobCheckpointRow(Base):
     best_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class EvaluationRow(Base):
+    """A model (and optionally a second one) scored on a file, on a worker."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(512))
+    compare_to: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    file_id: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=now_ns, index=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    compare_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    difference: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the worker running it holds a lease, renewed while it runs; an expired one can be taken
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the owning project (app/auth.py): every query a request makes filters by it
+    project_id: Mapped[str | None] = mapped_column(
+        String(64), nullable=True, index=True, default=default_project_id
+    )
