@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     store = ArtifactStore(settings.storage_url, settings.cache_dir)
     inference = InferenceClient(settings.inference_url)
 
-    from worker.celery_app import enqueue_job, make_celery
+    from worker.celery_app import BrokerWatch, enqueue_job, make_celery
 
     celery = make_celery(settings)
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
                 enqueue,
                 settings.reconcile_every_seconds,
                 settings.requeue_after_seconds,
+                broker=BrokerWatch(settings),
             )
             loop.start()
         await app.state.reads.open()

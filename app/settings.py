@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # jobs queued longer than this without a claim are enqueued again (a lost message)
     requeue_after_seconds: int = 120
     reconcile_every_seconds: float = 15.0
+    # Redis broker: a message unacknowledged this long goes back to the queue (a duplicate
+    # only meets a claim that fails). Longer than any job; tests make it short.
+    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=1)
     # an operator-chosen API key installed at start (docker compose sets it from .env)
     bootstrap_api_key: str | None = None
     bootstrap_project: str = "default"

@@ -14,10 +14,6 @@ from app.settings import Settings, get_settings
 
 RUN_JOB = "tunery.run_job"
 
-# Longer than any job: a message redelivered while its job still runs would only find the
-# claim taken, but there is no point in redelivering at all; the reconciler handles loss.
-VISIBILITY_TIMEOUT = 7 * 24 * 3600
-
 
 def broker_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem"):
@@ -33,7 +29,16 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "store_processed": False,
             "control_folder": str(folder / "control"),
         }
-    return {"visibility_timeout": VISIBILITY_TIMEOUT}
+    # Longer than any job (TUNERY_BROKER_VISIBILITY_TIMEOUT, a week): a message delivered
+    # again while its job still runs only finds the claim taken, but there is no point in
+    # it; the reconciler handles lost messages. Idle workers put messages unacknowledged
+    # past it back in the queue; they look often enough for a short timeout to matter.
+    visibility = settings.broker_visibility_timeout
+    return {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": max(1, min(60, visibility // 3)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -58,3 +63,44 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 def enqueue_job(app: Celery, job_id: str) -> None:
     app.send_task(RUN_JOB, args=[job_id])
+
+
+class BrokerWatch:
+    """Notices a broker that lost what it held: restarted without persistence, flushed, or
+    failed over to an empty replica. It plants a marker (a Redis key; a file beside the
+    filesystem broker's queue) and looks for it on every reconciler pass: once the marker is
+    gone, every message may be gone too, and the reconciler sends every waiting job again.
+    Other brokers cannot be watched; there the reconciler's requeue_after_seconds applies.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.broker_url = settings.broker_url
+        self.key = f"tunery:broker-epoch:{settings.queue}"
+        self.marker = settings.broker_dir / f"epoch-{settings.queue}"
+        self._redis: Any = None
+
+    def _client(self) -> Any:
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(
+                self.broker_url, socket_timeout=5, socket_connect_timeout=5
+            )
+        return self._redis
+
+    def intact(self) -> bool:
+        """False when the marker is missing (the broker is new or lost its contents);
+        raises when the broker cannot be reached (the caller asks again later)."""
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return bool(self._client().exists(self.key))
+        if self.broker_url.startswith("filesystem"):
+            return self.marker.exists()
+        return True
+
+    def mark(self) -> None:
+        """Plant the marker: every waiting job has been sent since the broker was new."""
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            self._client().set(self.key, "1")
+        elif self.broker_url.startswith("filesystem"):
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.touch()

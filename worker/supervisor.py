@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import database_unavailable
 from app.files import repository as files_repo
 from app.ids import new_id
 from app.jobs import repository as jobs_repo
@@ -36,6 +37,7 @@ from app.models.registry import resolve_base_model
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import FineTunedModelRow, JobCheckpointRow, JobRow
+from worker.model_safety import UnsafeModel, check_model_folder
 from worker.training.launch import TrainerGroup, launch
 from worker.training.layout import (
     CHECKPOINTS_DIRNAME,
@@ -49,6 +51,8 @@ from worker.training.layout import (
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# how long a supervisor waits for a database that went away before it gives the attempt up
+DATABASE_PATIENCE_SECONDS = 600.0
 PROCESSES_ENV = "TUNERY_TRAINER_PROCESSES"
 
 
@@ -223,19 +227,31 @@ class CheckpointUploads:
         self.work = work
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"upload-{job_id}")
         self.pending: list[tuple[int, Future[StoredCheckpoint]]] = []
+        self.submitted: set[int] = set()
 
     def submit(self, event: dict[str, Any]) -> None:
+        """Start the upload of a checkpoint event; once per step (the supervisor hands an
+        event over again when the database refused the pass that first saw it)."""
+        step = int(event.get("step", 0))
+        if step in self.submitted:
+            return
+        self.submitted.add(step)
         future = self.pool.submit(upload_checkpoint, self.store, self.job_id, event, self.work)
-        self.pending.append((int(event.get("step", 0)), future))
+        self.pending.append((step, future))
 
     def finished(self) -> list[tuple[int, StoredCheckpoint | BaseException]]:
-        """Uploads done since the last call, in submission order."""
+        """Uploads done and not yet recorded, in submission order."""
         done: list[tuple[int, StoredCheckpoint | BaseException]] = []
-        while self.pending and self.pending[0][1].done():
-            step, future = self.pending.pop(0)
+        for step, future in self.pending:
+            if not future.done():
+                break
             error = future.exception()
             done.append((step, error if error is not None else future.result()))
         return done
+
+    def recorded(self, count: int) -> None:
+        """The first `count` finished uploads are in the database: forget them."""
+        del self.pending[:count]
 
     @property
     def idle(self) -> bool:
@@ -350,6 +366,10 @@ class JobRunner:
                 "there (or on a shared volume) and retry the job.",
                 "model",
             )
+        try:  # before any trainer sees it: pickle weights and model code never load
+            check_model_folder(base.path)
+        except UnsafeModel as exc:
+            raise _JobFailure("invalid_base_model", str(exc), "model") from exc
         if row.training_type.get("type") == "qlora" and cuda_device_count() == 0:
             raise _JobFailure(
                 "gpu_required",
@@ -484,28 +504,57 @@ class JobRunner:
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         started = time.time()
         cancelled = False
+        # events read from the trainer but not yet committed (the database may be away)
+        backlog: list[dict[str, Any]] = []
+        outage: float | None = None
         try:
             while True:
                 returncode = group.poll()
-                with self.make_session() as session:
-                    row = self._owned(session, attempt)
-                    self._relay(session, row, attempt, relay.read_new(), relay, uploads, started)
-                    self._record_uploads(session, row, attempt, uploads)
-                    if time.monotonic() >= next_heartbeat:
-                        if not state.renew_lease(
-                            session,
-                            attempt.job_id,
-                            self.owner,
-                            attempt.number,
-                            self.settings.lease_seconds,
-                        ):
-                            session.commit()
-                            raise LeaseLost(attempt.job_id)
-                        next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
-                    cancel = bool(row.cancel_requested)
-                    if row.status == "pausing" and returncode is None:
-                        (work / PAUSE_FILENAME).touch()
-                    session.commit()
+                backlog.extend(relay.read_new())
+                try:
+                    with self.make_session() as session:
+                        row = self._owned(session, attempt)
+                        self._relay(session, row, attempt, backlog, relay, uploads, started)
+                        recorded = self._record_uploads(session, row, attempt, uploads)
+                        if time.monotonic() >= next_heartbeat:
+                            if not state.renew_lease(
+                                session,
+                                attempt.job_id,
+                                self.owner,
+                                attempt.number,
+                                self.settings.lease_seconds,
+                            ):
+                                session.commit()
+                                raise LeaseLost(attempt.job_id)
+                            next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
+                        cancel = bool(row.cancel_requested)
+                        if row.status == "pausing" and returncode is None:
+                            (work / PAUSE_FILENAME).touch()
+                        session.commit()
+                except LeaseLost:
+                    raise
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        raise
+                    # the trainer goes on; its events wait in the backlog, and the lease is
+                    # renewed when the database is back (lost by then only if it expired
+                    # and the reconciler gave the job to another worker)
+                    if outage is None:
+                        outage = time.monotonic()
+                        log.warning("database away while supervising %s: %r", attempt.job_id, exc)
+                    elif time.monotonic() - outage > DATABASE_PATIENCE_SECONDS:
+                        raise
+                    time.sleep(POLL_SECONDS)
+                    continue
+                backlog.clear()
+                uploads.recorded(recorded)
+                if outage is not None:
+                    log.warning(
+                        "database back after %.1f s; %s carries on",
+                        time.monotonic() - outage,
+                        attempt.job_id,
+                    )
+                    outage = None
                 if cancel and not cancelled:
                     cancelled = True
                     group.terminate()
@@ -520,8 +569,23 @@ class JobRunner:
         finally:
             uploads.close()
         if cancelled:
-            return self._finish_cancelled(attempt)
-        return self._finish(attempt, group, relay, kills_before)
+            return self._patiently(lambda: self._finish_cancelled(attempt), attempt.job_id)
+        return self._patiently(
+            lambda: self._finish(attempt, group, relay, kills_before), attempt.job_id
+        )
+
+    def _patiently(self, record: Callable[[], str], job_id: str) -> str:
+        """Record an outcome, waiting (up to DATABASE_PATIENCE_SECONDS) for a database that
+        went away rather than losing a finished attempt."""
+        deadline = time.monotonic() + DATABASE_PATIENCE_SECONDS
+        while True:
+            try:
+                return record()
+            except Exception as exc:
+                if not database_unavailable(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("database unavailable recording %s; retrying: %r", job_id, exc)
+                time.sleep(POLL_SECONDS * 4)
 
     def _owned(self, session: Session, attempt: Attempt) -> JobRow:
         row = state.owned(session, attempt.job_id, self.owner, attempt.number)
@@ -607,8 +671,10 @@ class JobRunner:
 
     def _record_uploads(
         self, session: Session, row: JobRow, attempt: Attempt, uploads: CheckpointUploads
-    ) -> None:
-        for step, result in uploads.finished():
+    ) -> int:
+        """Write the rows of the finished uploads; returns how many (forgotten on commit)."""
+        done = uploads.finished()
+        for step, result in done:
             if isinstance(result, BaseException):
                 log.error("storing checkpoint %s of %s failed: %r", step, row.id, result)
                 jobs_repo.add_event(
@@ -641,6 +707,7 @@ class JobRunner:
                 f"Checkpoint at step {result.step} stored: {stored.model_name}.",
                 data={"checkpoint": stored.id, "step": result.step, "metrics": result.metrics},
             )
+        return len(done)
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -672,6 +739,8 @@ class JobRunner:
                 except LeaseLost:
                     raise
                 except Exception as exc:
+                    if database_unavailable(exc):
+                        raise  # not the store's fault: recorded again once it is back
                     log.exception("storing the model of %s failed", attempt.job_id)
                     self._finish_failed(
                         session,

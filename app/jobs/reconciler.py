@@ -3,7 +3,8 @@
 The database is the truth; the broker may lose or duplicate messages. Running jobs whose
 lease expired go back to queued (the next claim bumps the attempt number and resumes);
 queued jobs that nobody claimed for a while are enqueued again (a duplicate only meets a
-claim that fails).
+claim that fails). When the broker lost everything it held (a Redis restarted empty: see
+worker/celery_app.py BrokerWatch), every waiting job is enqueued again at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,8 +24,17 @@ from app.tables import JobRow
 log = logging.getLogger(__name__)
 
 
-def reconcile(session: Session, requeue_after_seconds: float) -> list[str]:
-    """One pass; returns the ids to enqueue (after the caller commits)."""
+class BrokerMarker(Protocol):
+    def intact(self) -> bool: ...
+
+    def mark(self) -> None: ...
+
+
+def reconcile(
+    session: Session, requeue_after_seconds: float, broker_lost: bool = False
+) -> list[str]:
+    """One pass; returns the ids to enqueue (after the caller commits). `broker_lost`: the
+    broker lost its messages, so every waiting job is enqueued again, however recent."""
     now = time.time()
     to_enqueue: list[str] = []
     expired = session.scalars(
@@ -62,18 +73,24 @@ def reconcile(session: Session, requeue_after_seconds: float) -> list[str]:
                 level="warning",
             )
             to_enqueue.append(row.id)
-    stale = session.scalars(
-        select(JobRow).where(
-            JobRow.status.in_(state.CLAIMABLE),
-            JobRow.lease_owner.is_(None),
-            (JobRow.enqueued_at.is_(None)) | (JobRow.enqueued_at < now - requeue_after_seconds),
+    waiting = select(JobRow).where(JobRow.status.in_(state.CLAIMABLE), JobRow.lease_owner.is_(None))
+    if not broker_lost:
+        waiting = waiting.where(
+            (JobRow.enqueued_at.is_(None)) | (JobRow.enqueued_at < now - requeue_after_seconds)
         )
-    ).all()
-    for row in stale:
+    for row in session.scalars(waiting).all():
         if row.id in to_enqueue:
             continue
         row.enqueued_at = now
         to_enqueue.append(row.id)
+        if broker_lost:
+            repository.add_event(
+                session,
+                row.id,
+                "The broker lost its queued messages (it restarted empty, was flushed, or is "
+                "new); job sent to the workers again.",
+                level="warning",
+            )
     return to_enqueue
 
 
@@ -84,30 +101,43 @@ class Reconciler(threading.Thread):
         enqueue: Callable[[str], None],
         every_seconds: float,
         requeue_after_seconds: float,
+        broker: BrokerMarker | None = None,
     ) -> None:
         super().__init__(name="tunery-reconciler", daemon=True)
         self.make_session = make_session
         self.enqueue = enqueue
         self.every_seconds = every_seconds
         self.requeue_after_seconds = requeue_after_seconds
+        self.broker = broker
         self.stopped = threading.Event()
 
     def run_once(self) -> list[str]:
+        # asked first: a broker that cannot be reached fails the pass, which is tried again
+        lost = self.broker is not None and not self.broker.intact()
         with self.make_session() as session:
-            ids = reconcile(session, self.requeue_after_seconds)
+            ids = reconcile(session, self.requeue_after_seconds, broker_lost=lost)
             session.commit()
         for job_id in ids:
             self.enqueue(job_id)
+        if lost:
+            assert self.broker is not None
+            # only once every waiting job was sent: a pass that failed on the way repeats it
+            self.broker.mark()
+            log.warning("the broker had lost its messages; %d waiting job(s) sent again", len(ids))
         return ids
 
     def run(self) -> None:
-        while not self.stopped.wait(self.every_seconds):
+        # a first pass at once: what the broker lost while no API ran is sent again before
+        # requests arrive, not in the middle of them
+        while True:
             try:
                 ids = self.run_once()
                 if ids:
                     log.info("reconciler enqueued %s", ", ".join(ids))
             except Exception:
                 log.warning("reconciler pass failed", exc_info=True)
+            if self.stopped.wait(self.every_seconds):
+                return
 
     def stop(self) -> None:
         self.stopped.set()

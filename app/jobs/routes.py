@@ -8,7 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import FileResponse
 
 from app.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
-from app.errors import not_found
+from app.errors import download_response, not_found
 from app.jobs import repository, service
 from app.jobs.schemas import CheckpointPublic, JobCreate, JobPublic
 from app.models.export import tarball
@@ -102,7 +102,10 @@ def list_checkpoints(
     return page([CheckpointPublic.of(r).model_dump() for r in rows], limit)
 
 
-@router.get("/{job_id}/checkpoints/{checkpoint_id}/content")
+@router.get(
+    "/{job_id}/checkpoints/{checkpoint_id}/content",
+    responses=download_response("application/gzip"),
+)
 def download_checkpoint(
     principal: PrincipalDep,
     session: SessionDep,

@@ -12,7 +12,9 @@ Auto = Literal["auto"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown fields are refused, and so are values of the wrong JSON type: "3" is no
+    # epoch count and true no batch size (lax pydantic would coerce both)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 LrScheduler = Literal["linear", "cosine", "constant"]

@@ -35,15 +35,8 @@ LABELS = ["negative", "positive"]
 def server(
     backend: backends.Backend, tmp_path: Path, tiny_models: Path
 ) -> Iterator[live.LiveServer]:
-    if backend.name == "sqlite":
-        with live.embedded(tmp_path / "data", tiny_models) as srv:
-            yield srv
-    else:
-        with (
-            backends.fresh_postgres_database() as url,
-            live.distributed(tmp_path / "data", tiny_models, url, backends.REDIS_URL) as srv,
-        ):
-            yield srv
+    with live.for_backend(backend, tmp_path / "data", tiny_models) as srv:
+        yield srv
 
 
 def upload(client: httpx.Client, path: Path) -> str:

@@ -26,15 +26,10 @@ import pytest
 
 from tests.support import backends, live
 from tests.support.data import sentiment_rows, write_jsonl
+from tests.support.faults import FAST, upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-FAST_LEASES = {
-    "TUNERY_LEASE_SECONDS": "6",
-    "TUNERY_HEARTBEAT_SECONDS": "1",
-    "TUNERY_RECONCILE_EVERY_SECONDS": "1",
-    "TUNERY_TRAINER_THREADS": "1",
-}
 JOB = {
     "model": "tiny-bert",
     "seed": 11,
@@ -58,17 +53,8 @@ JOB = {
 def server(
     backend: backends.Backend, tmp_path: Path, tiny_models: Path
 ) -> Iterator[live.LiveServer]:
-    if backend.name == "sqlite":
-        with live.embedded(tmp_path / "data", tiny_models, **FAST_LEASES) as srv:
-            yield srv
-    else:
-        with (
-            backends.fresh_postgres_database() as url,
-            live.distributed(
-                tmp_path / "data", tiny_models, url, backends.REDIS_URL, **FAST_LEASES
-            ) as srv,
-        ):
-            yield srv
+    with live.for_backend(backend, tmp_path / "data", tiny_models, **FAST) as srv:
+        yield srv
 
 
 def processes() -> Iterator[tuple[int, int, list[bytes]]]:
@@ -108,15 +94,6 @@ def worker_pid(server: live.LiveServer) -> int:
     return pid
 
 
-def upload(client: httpx.Client, path: Path) -> str:
-    with path.open("rb") as fh:
-        response = client.post(
-            "/v1/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune"}
-        )
-    assert response.status_code == 200, response.text
-    return str(response.json()["id"])
-
-
 def create(client: httpx.Client, file_id: str) -> str:
     response = client.post("/v1/fine_tuning/jobs", json={**JOB, "training_file": file_id})
     assert response.status_code == 200, response.text
@@ -149,6 +126,7 @@ def messages(client: httpx.Client, job_id: str) -> list[str]:
     return [event["message"] for event in reversed(response.json()["data"])]
 
 
+@pytest.mark.faults  # docs/reliability.md
 def test_a_killed_worker_is_resumed_from_its_last_checkpoint(
     server: live.LiveServer, tmp_path: Path
 ) -> None:

@@ -2,7 +2,7 @@
 
 `embedded()` runs `tunery serve` (SQLite, the filesystem broker, local artifacts).
 `distributed()` runs `tunery api`, `tunery worker` and `tunery inference` as separate
-processes on Postgres and Redis.
+processes on Postgres and Redis. `for_backend()` picks one of the two for a test's backend.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from tests.support import backends
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -36,6 +38,7 @@ class LiveServer:
     env: dict[str, str]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
@@ -43,6 +46,7 @@ class LiveServer:
     def start(self, name: str, args: list[str]) -> None:
         log = self.data_dir / f"{name}.log"
         self.logs[name] = log
+        self.commands[name] = list(args)
         with log.open("ab") as out:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", *args],
@@ -65,6 +69,17 @@ class LiveServer:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process group: no cleanup runs, like a crash or the OOM killer."""
+        self.stop(name, signal.SIGKILL)
+
+    def restart(self, name: str, ready_url: str | None = None) -> None:
+        """Start a stopped (or killed) process again with the arguments it had."""
+        self.stop(name)
+        self.start(name, self.commands[name])
+        if ready_url is not None:
+            self.wait_ready(ready_url)
 
     def stop_all(self) -> None:
         for name in list(self.procs):
@@ -120,6 +135,23 @@ def embedded(data_dir: Path, models_dir: Path, **extra_env: str) -> Iterator[Liv
 
 
 @contextmanager
+def api_only(data_dir: Path, models_dir: Path, **extra_env: str) -> Iterator[LiveServer]:
+    """`tunery api` alone (SQLite and the filesystem broker unless extra_env says otherwise):
+    no worker takes jobs, no inference server answers."""
+    port = free_port()
+    env = _base_env(data_dir, models_dir) | extra_env
+    env.setdefault("TUNERY_INFERENCE_URL", f"http://127.0.0.1:{free_port()}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = LiveServer(f"http://127.0.0.1:{port}", data_dir, env)
+    server.start("api", ["api", "--port", str(port)])
+    try:
+        server.wait_ready(f"{server.base_url}/healthz")
+        yield server
+    finally:
+        server.stop_all()
+
+
+@contextmanager
 def distributed(
     data_dir: Path, models_dir: Path, database_url: str, redis_url: str, **extra_env: str
 ) -> Iterator[LiveServer]:
@@ -161,3 +193,19 @@ def wait_for(
             return body
         time.sleep(0.5)
     raise TimeoutError(f"{path} still {body.get(key)!r} after {timeout}s: {body}")
+
+
+@contextmanager
+def for_backend(
+    backend: backends.Backend, data_dir: Path, models_dir: Path, **extra_env: str
+) -> Iterator[LiveServer]:
+    """`embedded()` on SQLite; `distributed()` on a fresh Postgres database and Redis."""
+    if backend.name == "sqlite":
+        with embedded(data_dir, models_dir, **extra_env) as server:
+            yield server
+    else:
+        with (
+            backends.fresh_postgres_database() as url,
+            distributed(data_dir, models_dir, url, backends.REDIS_URL, **extra_env) as server,
+        ):
+            yield server
