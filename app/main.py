@@ -22,6 +22,7 @@ from app.deployments.routes import router as deployments_router
 from app.deps import require_principal
 from app.errors import document_errors, error_body, error_responses, install_error_handlers
 from app.evaluations.routes import router as evaluations_router
+from app.evaluations.service import RUN_EVALUATION
 from app.files.routes import router as files_router
 from app.inference_client import InferenceClient
 from app.jobs.reconciler import Reconciler
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     def enqueue(job_id: str) -> None:
         enqueue_job(celery, job_id)
 
+    def enqueue_evaluation(evaluation_id: str) -> None:
+        celery.send_task(RUN_EVALUATION, args=[evaluation_id])
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = None
@@ -62,6 +66,8 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
                 settings.reconcile_every_seconds,
                 settings.requeue_after_seconds,
                 broker=BrokerWatch(settings),
+                enqueue_evaluation=enqueue_evaluation,
+                max_workers_lost=settings.max_workers_lost,
             )
             loop.start()
         await app.state.reads.open()
@@ -89,6 +95,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     app.state.store = store
     app.state.inference = inference
     app.state.enqueue = enqueue
+    app.state.enqueue_evaluation = enqueue_evaluation
     app.state.celery = celery
     app.state.sessionmaker = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
     app.state.reads = make_reads(settings.database_url, engine)

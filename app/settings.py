@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # jobs queued longer than this without a claim are enqueued again (a lost message)
     requeue_after_seconds: int = 120
     reconcile_every_seconds: float = 15.0
+    # a job or evaluation whose worker stopped answering this many times fails (worker_lost)
+    # instead of being handed to yet another worker: something in it kills workers
+    max_workers_lost: int = Field(default=3, ge=1)
     # Redis broker: a message unacknowledged this long goes back to the queue (a duplicate
     # only meets a claim that fails). Longer than any job; tests make it short.
     broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=1)

@@ -100,6 +100,9 @@ class JobRow(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # workers that stopped answering while they held the lease (the reconciler counts them;
+    # at max_workers_lost the job fails rather than kill yet another worker)
+    workers_lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # another job's checkpoint (ftckpt-...) whose weights this job starts from
     from_checkpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # the owning project (app/auth.py): every query a request makes filters by it
@@ -240,6 +243,9 @@ class EvaluationRow(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # when it was last sent to the workers, and how many of them were lost running it
+    enqueued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    workers_lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # the owning project (app/auth.py): every query a request makes filters by it
     project_id: Mapped[str | None] = mapped_column(
         String(64), nullable=True, index=True, default=default_project_id

@@ -100,3 +100,56 @@ def finish(session: Session, evaluation_id: str, owner: str, attempt: int, **val
         .execution_options(synchronize_session=False)
     )
     return getattr(result, "rowcount", 0) == 1
+
+
+def reconcile(
+    session: Session,
+    requeue_after_seconds: float,
+    broker_lost: bool = False,
+    max_workers_lost: int = 3,
+) -> list[str]:
+    """The reconciler's pass over evaluations (app/jobs/reconciler.py); returns the ids to
+    send to the workers again once the caller committed. A runner whose lease expired was
+    lost: the evaluation is queued again (its next claim is a new attempt), or fails with
+    `worker_lost` once `max_workers_lost` runners were lost on it. A queued evaluation not
+    sent for `requeue_after_seconds` (its message lost), or any queued one when the broker
+    lost everything, is sent again; a duplicate only meets a claim that fails."""
+    now = time.time()
+    to_send: list[str] = []
+    expired = session.scalars(
+        select(EvaluationRow).where(
+            EvaluationRow.status == "running", EvaluationRow.lease_expires_at < now
+        )
+    ).all()
+    for row in expired:
+        row.workers_lost = (row.workers_lost or 0) + 1
+        row.lease_owner = None
+        row.lease_expires_at = None
+        if row.workers_lost >= max_workers_lost:
+            row.status = "failed"
+            row.finished_at = int(now)
+            row.error = {
+                "code": "worker_lost",
+                "message": (
+                    f"{row.workers_lost} workers stopped answering while running this "
+                    "evaluation (killed, out of host memory, or their machine lost); it is not "
+                    "handed to another one. Check the worker logs, then evaluate a smaller "
+                    "file. TUNERY_MAX_WORKERS_LOST sets how many are tried."
+                ),
+                "param": None,
+            }
+            continue
+        row.status = "queued"
+        row.enqueued_at = now
+        to_send.append(row.id)
+    waiting = select(EvaluationRow).where(EvaluationRow.status == "queued")
+    if not broker_lost:
+        waiting = waiting.where(
+            (EvaluationRow.enqueued_at.is_(None))
+            | (EvaluationRow.enqueued_at < now - requeue_after_seconds)
+        )
+    for row in session.scalars(waiting).all():
+        if row.id not in to_send:
+            row.enqueued_at = now
+            to_send.append(row.id)
+    return to_send

@@ -26,13 +26,9 @@ def create_evaluation(
     row = service.create(session, settings.models_dir, body, principal.project_id)
     session.commit()  # enqueue only what is committed
     try:
-        enqueue = getattr(request.app.state, "enqueue_evaluation", None)
-        if enqueue is not None:
-            enqueue(row.id)
-        else:
-            request.app.state.celery.send_task(service.RUN_EVALUATION, args=[row.id])
+        request.app.state.enqueue_evaluation(row.id)
     except Exception:
-        # the row stays queued; POSTing again creates a fresh one
+        # the row stays queued: the reconciler sends it again (requeue_after_seconds)
         log.exception("could not enqueue evaluation %s", row.id)
     return EvaluationPublic.of(row)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -80,6 +81,7 @@ def create(
         task=task,
         status="queued",
         attempt=0,
+        enqueued_at=time.time(),
     )
     session.add(row)
     session.flush()

@@ -132,3 +132,64 @@ def test_an_expired_lease_lets_another_worker_take_over(evals: Evals) -> None:
         session.commit()
         row = session.get(EvaluationRow, eval_id)
         assert row is not None and row.status == "failed" and row.attempt == 2
+
+
+def test_the_reconciler_sends_lost_evaluations_again(evals: Evals) -> None:
+    """A lost message, a wiped broker and a lost runner: each evaluation is sent again; the
+    runner lost max_workers_lost times fails with worker_lost instead."""
+    from app.jobs.reconciler import Reconciler
+
+    name = evals.tuned("classification", labels=["negative", "positive"])
+    file_id = upload(evals, sentiment_rows(10))
+    response = create(evals, model=name, file=file_id)
+    assert response.status_code == 200, response.text
+    first = response.json()["id"]
+    make_session = evals.client.app.state.sessionmaker  # type: ignore[attr-defined]
+    sent: list[str] = []
+    broker = {"intact": True}
+
+    class Marker:
+        def intact(self) -> bool:
+            return broker["intact"]
+
+        def mark(self) -> None:
+            broker["intact"] = True
+
+    reconciler = Reconciler(
+        make_session,
+        enqueue=lambda job_id: None,
+        every_seconds=60,
+        requeue_after_seconds=30,
+        broker=Marker(),
+        enqueue_evaluation=sent.append,
+        max_workers_lost=2,
+    )
+    assert reconciler.run_once() == []  # just sent: its message may still be on its way
+    with make_session() as session:
+        session.get(EvaluationRow, first).enqueued_at -= 31
+        session.commit()
+    assert reconciler.run_once() == [first] and sent == [first]  # the message was lost
+    assert reconciler.run_once() == []  # and not again at once
+
+    broker["intact"] = False  # the broker restarted empty: every queued one goes again
+    assert reconciler.run_once() == [first] and broker["intact"]
+
+    # a runner took it and died (its lease ran out): queued again for a new attempt
+    with make_session() as session:
+        assert repository.claim(session, first, "worker-a", lease_seconds=-1) == 1
+        session.commit()
+    assert reconciler.run_once() == [first]
+    lost = evals.client.get(f"/v1/evaluations/{first}").json()
+    assert lost["status"] == "queued"
+    with make_session() as session:
+        assert repository.renew(session, first, "worker-a", 1, 60) is False
+    # the second runner lost on it: it fails rather than kill a third
+    with make_session() as session:
+        assert repository.claim(session, first, "worker-b", lease_seconds=-1) == 2
+        session.commit()
+    assert reconciler.run_once() == []
+    failed = evals.client.get(f"/v1/evaluations/{first}").json()
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["code"] == "worker_lost"
+    assert "2 workers stopped answering" in failed["error"]["message"]
+    assert evals.runner.run(first) == "not-claimed"

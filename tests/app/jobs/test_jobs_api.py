@@ -160,3 +160,31 @@ def test_claim_is_won_once_and_lost_leases_are_requeued(api: Api) -> None:
         session.commit()
     job = api.client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
     assert job["status"] == "running" and job["attempt"] == 3
+
+
+def test_a_job_that_keeps_losing_workers_fails_with_worker_lost(api: Api) -> None:
+    file = upload_text(api, "train.jsonl", CLASSIFY)
+    job_id = api.client.post(
+        "/v1/fine_tuning/jobs", json={"model": "tiny-bert", "training_file": file["id"]}
+    ).json()["id"]
+    make_session = api.client.app.state.sessionmaker  # type: ignore[attr-defined]
+    for attempt in (1, 2, 3):
+        with make_session() as session:
+            assert state.claim(session, job_id, f"worker-{attempt}", lease_seconds=-1) == attempt
+            row = state.owned(session, job_id, f"worker-{attempt}", attempt)
+            assert row is not None
+            if row.status == "validating_files":
+                state.files_checked(row)
+            session.commit()
+        with make_session() as session:
+            expected = [job_id] if attempt < 3 else []
+            assert reconcile(session, requeue_after_seconds=3600, max_workers_lost=3) == expected
+            session.commit()
+    job = api.client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+    assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"
+    assert "3 workers stopped answering" in job["error"]["message"]
+    assert "TUNERY_MAX_WORKERS_LOST" in job["error"]["message"]
+    messages = [
+        e["message"] for e in api.client.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]
+    ]
+    assert any("(worker_lost)" in m for m in messages)
