@@ -12,12 +12,12 @@ MAX_INPUTS = 64
 
 
 class DeploymentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: Annotated[str, Field(min_length=1, max_length=512)]
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     inputs: Annotated[list[str | dict[str, Any]], Field(min_length=1, max_length=MAX_INPUTS)]
     parameters: dict[str, Any] = Field(default_factory=dict)
     # server-sent events of the new text as it is generated (causal LM, exactly one input)

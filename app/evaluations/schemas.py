@@ -10,7 +10,7 @@ ModelId = Annotated[str, Field(min_length=1, max_length=512)]
 
 
 class EvaluationCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: ModelId
     file: Annotated[str, Field(min_length=1, max_length=64)]
     # scored on the same rows; the result shows model minus compare_to

@@ -133,3 +133,23 @@ def test_the_request_itself_must_be_a_json_object(client: TestClient) -> None:
         )
         assert response.status_code == 400, response.text
         assert response.json()["error"]["message"], response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/deployments", {"model": 7}, "model"),
+        ("/v1/deployments", {"model": "tiny-bert", "replicas": 2}, "replicas"),
+        ("/v1/evaluations", {"model": "tiny-bert", "file": ["file-x"]}, "file"),
+        ("/v1/evaluations", {"model": "tiny-bert", "file": "f", "compare_to": 1}, "compare_to"),
+        ("/v1/predict", {"model": "tiny-bert", "inputs": ["hi"], "stream": "yes"}, "stream"),
+        ("/v1/predict", {"model": "tiny-bert", "inputs": "hi"}, "inputs"),
+    ],
+)
+def test_other_request_bodies_are_as_strict(
+    client: TestClient, path: str, body: dict[str, Any], param: str
+) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"].startswith(f"{param}: "), error
