@@ -7,6 +7,8 @@ INSTALL := VENV=$(VENV) bash scripts/install.sh
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# pytest processes (pytest-xdist); 0 runs the suite in this one
+PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
 
 .PHONY: run test lint bench-api clean distclean
@@ -23,7 +25,7 @@ test:
 	@failed=""; \
 	echo "== ruff check ."; $(BIN)/ruff check . || failed="$$failed ruff"; \
 	echo "== mypy"; $(BIN)/mypy || failed="$$failed mypy"; \
-	echo "== pytest"; $(BIN)/python -m pytest -q $(PYTEST_ARGS) || failed="$$failed pytest"; \
+	echo "== pytest"; $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || failed="$$failed pytest"; \
 	if [ -n "$$failed" ]; then echo "make test: failed:$$failed" >&2; exit 1; fi
 
 ## lint: ruff and mypy only

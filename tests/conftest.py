@@ -18,6 +18,17 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"tunery backends: SQLite always; Postgres {pg}; Redis {rd}"
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect what each test covered or skipped; under xdist this runs in the controller,
+    which runs no test itself, from the workers' reports."""
+    for name, value in report.user_properties:
+        if name == "tunery_backend":
+            backends.COVERED.add(str(value))
+        elif name == "tunery_backend_skipped":
+            backend, why = value
+            backends.SKIPPED[str(backend)] = str(why)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     covered = ", ".join(sorted(backends.COVERED)) or "none"
     terminalreporter.write_line(f"tunery backends covered: {covered}")
@@ -30,10 +41,11 @@ def backend(request: pytest.FixtureRequest) -> backends.Backend:
     if request.param == "postgres" and not (
         backends.postgres_reachable() and backends.redis_reachable()
     ):
-        backends.SKIPPED["Postgres + Redis"] = "not reachable on 127.0.0.1"
+        why = "not reachable on 127.0.0.1"
+        request.node.user_properties.append(("tunery_backend_skipped", ("Postgres + Redis", why)))
         pytest.skip("Postgres or Redis not reachable: covered on SQLite only")
     backend = backends.Backend(request.param)
-    backends.COVERED.add(backend.label)
+    request.node.user_properties.append(("tunery_backend", backend.label))
     return backend
 
 
