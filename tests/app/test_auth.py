@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.auth import create_key, revoke_key
+from app.auth import create_key, hash_key, revoke_key
 from tests.app.conftest import Api
 
 
@@ -57,3 +57,17 @@ def test_keys_cli_prints_the_key_alone_on_its_last_line(tmp_path: Path) -> None:
     )
     assert refused.returncode != 0
     assert "refusing to listen on 0.0.0.0 without API keys" in refused.stderr
+
+
+def test_a_key_is_stored_only_as_its_hash(api: Api) -> None:
+    """The database never holds a usable key: what leaks from a backup opens nothing."""
+    from sqlalchemy import text
+
+    make_session = api.client.app.state.sessionmaker  # type: ignore[attr-defined]
+    with make_session() as session:
+        _, key = create_key(session, "acme")
+        session.commit()
+        rows = session.execute(text("SELECT * FROM api_keys")).all()
+    stored = " ".join(str(value) for row in rows for value in row)
+    assert key not in stored and key[12:] not in stored  # not even its secret part
+    assert hash_key(key) in stored  # sha256 of the key, looked up by hash
