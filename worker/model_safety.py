@@ -7,7 +7,7 @@ custom modeling code (`*.py` next to the weights, named by an `auto_map`, which
 transformers imports under `trust_remote_code`). Tunery loads safetensors only, never turns
 trust_remote_code on, and refuses such folders outright with a message that says what to
 change, rather than loading around what they carry. The inference server applies the same
-rules (worker/inference/loading.py).
+rules through it (worker/inference/loading.py: check_safe).
 """
 
 from __future__ import annotations

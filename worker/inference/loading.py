@@ -27,12 +27,12 @@ import torch
 
 from app.storage import ArtifactStore
 from worker.inference.shared import ModelLoadError, SharedModel, model_memory_bytes, short_error
+from worker.model_safety import UnsafeModel, check_model_folder
 
 Task = Literal["classification", "causal-lm"]
 TASKS: tuple[Task, ...] = ("classification", "causal-lm")
 Format = Literal["base", "adapter", "full"]
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # what a tokenizer is made of: two directories with equal copies of these load equal tokenizers
 TOKENIZER_PARTS = (
@@ -156,7 +156,7 @@ def plan(spec: ModelSpec, store: ArtifactStore) -> LoadPlan:
     if spec.task == "classification" and manifest.get("labels"):
         labels = [str(x) for x in manifest["labels"]]
     tokenizer_dir = artifact_dir if has_tokenizer(artifact_dir) else base_dir
-    check_no_custom_code(tokenizer_dir)
+    check_safe(tokenizer_dir)
 
     if manifest["format"] == "full":
         check_model_dir(artifact_dir)
@@ -298,50 +298,28 @@ def base_labels(model_dir: Path) -> list[str]:
     return [f"LABEL_{i}" for i in range(count if isinstance(count, int) and count > 0 else 2)]
 
 
-def check_no_custom_code(directory: Path) -> None:
-    code = sorted(p.name for p in directory.rglob("*.py"))
-    if code:
-        raise ModelLoadError(
-            f"{directory} contains Python files ({', '.join(code[:5])}); "
-            "custom model code is never run (trust_remote_code is off)"
-        )
-    for name in ("config.json", "tokenizer_config.json"):
-        path = directory / name
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except ValueError as exc:
-                raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
-            if isinstance(data, dict) and data.get("auto_map"):
-                raise ModelLoadError(
-                    f"{path} has an auto_map (custom code); only built-in architectures are served"
-                )
+def check_safe(directory: Path) -> None:
+    """The rules every model folder meets before it loads (worker/model_safety.py, which the
+    trainer applies too): no custom code, no pickle-only weights."""
+    try:
+        check_model_folder(directory)
+    except UnsafeModel as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def check_model_dir(directory: Path) -> None:
-    check_no_custom_code(directory)
+    check_safe(directory)
     if not (directory / "config.json").is_file():
         raise ModelLoadError(f"{directory} has no config.json; it is not a transformers model")
-    if any(directory.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise ModelLoadError(
-            f"{directory} holds only pickle weights ({', '.join(pickles[:3])}); "
-            "convert them to safetensors (pickle files are never loaded)"
-        )
-    raise ModelLoadError(f"{directory} has no model weights (*.safetensors)")
+    if not any(directory.glob("*.safetensors")):
+        raise ModelLoadError(f"{directory} has no model weights (*.safetensors)")
 
 
 def check_adapter_dir(directory: Path) -> None:
-    check_no_custom_code(directory)
+    check_safe(directory)
     if not (directory / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter {directory} has no adapter_config.json")
     if not (directory / ADAPTER_WEIGHTS).is_file():
-        if any(p.suffix in PICKLE_SUFFIXES for p in directory.iterdir()):
-            raise ModelLoadError(
-                f"adapter {directory} holds only pickle weights; save it with safetensors"
-            )
         raise ModelLoadError(f"adapter {directory} has no {ADAPTER_WEIGHTS}")
 
 
