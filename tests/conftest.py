@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -25,7 +26,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         if name == "tunery_backend":
             backends.COVERED.add(str(value))
         elif name == "tunery_backend_skipped":
-            backend, why = value
+            backend, why = cast("tuple[object, object]", value)
             backends.SKIPPED[str(backend)] = str(why)
 
 

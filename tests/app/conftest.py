@@ -8,13 +8,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
+
+
+def app_of(client: TestClient) -> FastAPI:
+    """The FastAPI app behind a TestClient (typed by Starlette as any ASGI callable)."""
+    return cast(FastAPI, client.app)
 
 
 @dataclass

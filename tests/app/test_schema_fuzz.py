@@ -129,7 +129,7 @@ def _ground(case: schemathesis.Case, ids: dict[str, str]) -> None:
         return
     for name in list(case.path_parameters or {}):
         if name in ids:
-            case.path_parameters[name] = ids[name]  # type: ignore[index]
+            case.path_parameters[name] = ids[name]
     if isinstance(case.body, dict):
         for name in list(case.body):
             if name in ids and isinstance(case.body[name], str):

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
@@ -237,13 +237,16 @@ def test_file_report_models_and_playground(
         "the movie was great and wonderful\nthis was awful and sad"
     )
     browser.find_element("css selector", "#playground-run").click()
-    results = wait(
-        "two predictions",
-        lambda: (
-            len(browser.find_elements("css selector", "#playground-results .prediction")) == 2
-            and text_of(browser, "#playground-results")
+    results = cast(
+        str,
+        wait(
+            "two predictions",
+            lambda: (
+                len(browser.find_elements("css selector", "#playground-results .prediction")) == 2
+                and text_of(browser, "#playground-results")
+            ),
+            120,
         ),
-        120,
     )
     assert "positive" in results and "negative" in results and "%" in results
     shot(browser, "08-playground")

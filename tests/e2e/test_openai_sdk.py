@@ -17,19 +17,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.fine_tuning.job_create_params import Method
 
 from tests.support import live
 from tests.support.data import chat_rows, write_jsonl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-QUESTION = [
+QUESTION: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "you are happy"},
     {"role": "user", "content": "question: what is the capital of france? answer:"},
 ]
@@ -89,16 +91,19 @@ def test_quickstart(served: Served, tmp_path: Path) -> None:
         suffix="quickstart",
         seed=1,
         metadata={"owner": "docs"},
-        method={
-            "type": "supervised",
-            "supervised": {
-                "hyperparameters": {
-                    "n_epochs": 6,
-                    "batch_size": 8,
-                    "learning_rate": 3e-3,  # Tunery's absolute rate, for this tiny model
-                }
+        method=cast(
+            Method,
+            {
+                "type": "supervised",
+                "supervised": {
+                    "hyperparameters": {
+                        "n_epochs": 6,
+                        "batch_size": 8,
+                        "learning_rate": 3e-3,  # Tunery's absolute rate, for this tiny model
+                    }
+                },
             },
-        },
+        ),
         extra_body={"training_type": {"type": "full"}},
     )
 

@@ -17,7 +17,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -233,7 +233,7 @@ def test_causal_lm_serving_streaming_evaluation_and_export(
         out = merged_model.generate(**encoded, max_new_tokens=6, do_sample=False)
     torch.testing.assert_close(from_merged, from_adapter, atol=1e-4, rtol=1e-4)
     new_tokens = out[0, encoded["input_ids"].shape[1] :]
-    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    text = cast(str, tokenizer.decode(new_tokens, skip_special_tokens=True))
     # the service's greedy answer is what plain transformers says (up to the first eos)
     assert text.startswith(prediction["text"]), (text, prediction)
 

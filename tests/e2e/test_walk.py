@@ -12,6 +12,7 @@ import json
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -152,7 +153,7 @@ def _check_adapter_matches(adapter_dir: Path, texts: list[str], served: list[dic
     meta = json.loads((adapter_dir / "tunery.json").read_text())
     labels = meta["labels"]
     base = AutoModelForSequenceClassification.from_pretrained(
-        minilm_dir(),
+        cast(Path, minilm_dir()),
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},

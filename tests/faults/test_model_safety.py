@@ -141,11 +141,12 @@ def test_listing_jobs_and_deployments_refuse_poisoned_models(
         assert upload.status_code == 200, upload.text
         file_id = upload.json()["id"]
 
-        jobs, deployments = {}, {}
+        jobs: dict[str, str] = {}
+        deployments: dict[str, str] = {}
         for name in POISONED:
             body = {"model": name, "training_file": file_id, "training_type": {"type": "full"}}
-            job = client.post("/v1/fine_tuning/jobs", json=body)
-            dep = client.post("/v1/deployments", json={"model": name})
+            job: Any = client.post("/v1/fine_tuning/jobs", json=body)
+            dep: Any = client.post("/v1/deployments", json={"model": name})
             # refused at once (400/404) or accepted and failed when loaded
             for kind, response, store in (("job", job, jobs), ("deployment", dep, deployments)):
                 if response.status_code == 200:

@@ -28,7 +28,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def _train_tokenizer(kind: str):  # type: ignore[no-untyped-def]
+def _train_tokenizer(kind: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -36,7 +36,7 @@ def _train_tokenizer(kind: str):  # type: ignore[no-untyped-def]
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
+        trainer: trainers.Trainer = trainers.BpeTrainer(
             vocab_size=400,
             special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

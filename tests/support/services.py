@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from tests.support.live import free_port
 
@@ -85,7 +86,7 @@ class PrivateRedis:
 
         client = redis.Redis.from_url(self.url, socket_timeout=2)
         try:
-            return sorted(k.decode() for k in client.keys("*"))
+            return sorted(k.decode() for k in cast(list[bytes], client.keys("*")))
         finally:
             client.close()
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +25,7 @@ from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import JobRow
 from tests.app.conftest import Api, api, upload_text  # noqa: F401 - the api fixture
+from worker.inference.predictors import Classification
 from worker.supervisor import JobRunner
 
 pytestmark = pytest.mark.slow
@@ -60,11 +61,11 @@ class Rig:
 
     @property
     def sessions(self) -> sessionmaker[Session]:
-        return self.api.client.app.state.sessionmaker  # type: ignore[attr-defined,no-any-return]
+        return self.api.client.app.state.sessionmaker  # type: ignore[attr-defined]
 
     @property
     def store(self) -> ArtifactStore:
-        return self.api.client.app.state.store  # type: ignore[attr-defined,no-any-return]
+        return self.api.client.app.state.store  # type: ignore[attr-defined]
 
     def create(self, text: str, model: str = "tiny-bert", **body: Any) -> str:
         file = upload_text(self.api, "train.jsonl", text)
@@ -143,7 +144,7 @@ def hyperparameters(**hp: Any) -> dict[str, Any]:
     return {"method": {"type": "supervised", "supervised": {"hyperparameters": hp}}}
 
 
-LORA = {"training_type": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}}
+LORA: dict[str, Any] = {"training_type": {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}}
 
 
 def test_checkpoints_are_stored_listed_and_servable(rig: Rig) -> None:
@@ -204,8 +205,9 @@ def test_checkpoints_are_stored_listed_and_servable(rig: Rig) -> None:
             session, rig.settings.models_dir or Path(), by_step[4]["fine_tuned_model_checkpoint"]
         )
     assert spec["artifact"] == f"models/{job_id}/checkpoints/step-4/model"
-    predictions = InferenceService(rig.store).predict(
-        ModelSpec(**spec), ["the movie was great"], {}
+    predictions = cast(
+        list[Classification],
+        InferenceService(rig.store).predict(ModelSpec(**spec), ["the movie was great"], {}),
     )
     assert predictions[0]["label"] in ("positive", "negative")
 

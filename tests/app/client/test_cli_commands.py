@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import cast
 
+import httpx
 import pytest
 
 from app.cli import build_parser
@@ -19,7 +21,7 @@ from tests.support.data import sentiment_rows, write_jsonl
 
 def run(api: Api, *argv: str, api_key: str | None = None) -> int:
     args = build_parser().parse_args(list(argv))
-    client = Client(api_key=api_key or "", http=api.client)
+    client = Client(api_key=api_key or "", http=cast(httpx.Client, api.client))
     return int(args.handler(client, args))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
@@ -12,12 +13,15 @@ from openai.types import FileDeleted, FileObject
 from tests.app.openai_compat.sdk import Sdk
 from tests.support.data import chat_rows
 
+if TYPE_CHECKING:
+    from openai._legacy_response import LegacyAPIResponse
+
 
 def chat_file(n: int) -> bytes:
     return "".join(json.dumps(row) + "\n" for row in chat_rows(n)).encode()
 
 
-def raw_json(response: openai.APIResponse) -> dict:
+def raw_json(response: openai.APIResponse[Any] | LegacyAPIResponse[Any]) -> dict:
     body: dict = response.http_response.json()
     return body
 

@@ -27,7 +27,7 @@ PROMPTS = "".join(json.dumps({"prompt": f"p{i}", "completion": f" c{i}"}) + "\n"
 
 
 def sessions(api: Api) -> sessionmaker[Session]:
-    return api.client.app.state.sessionmaker  # type: ignore[attr-defined,no-any-return]
+    return api.client.app.state.sessionmaker  # type: ignore[attr-defined]
 
 
 def create(api: Api, **body: Any) -> dict[str, Any]:
@@ -120,7 +120,7 @@ def test_hyperparameters_are_validated_and_written_back(api: Api) -> None:
     per_epoch = create(api, **with_hyperparameters(prompts, "tiny-llama", eval_steps="epoch"))
     assert per_epoch["hyperparameters"]["eval_steps"] is None
 
-    refused = [
+    refused: list[tuple[str, str, dict[str, Any], str]] = [
         (classify, "tiny-bert", {"lr_scheduler": "exponential"}, "lr_scheduler"),
         (classify, "tiny-bert", {"warmup_ratio": 0.9}, "warmup_ratio"),
         (classify, "tiny-bert", {"max_grad_norm": -1}, "max_grad_norm"),
@@ -296,7 +296,7 @@ def test_from_checkpoint_starts_a_job_from_another_jobs_weights(api: Api) -> Non
     )
     assert by_id["training_type"]["dropout"] == 0.1
 
-    cases = [
+    cases: list[tuple[dict[str, Any], str, str]] = [
         ({"from_checkpoint": "ftckpt-missing"}, "from_checkpoint", "checkpoint_not_found"),
         (
             {"from_checkpoint": checkpoint.id, "training_type": {"type": "full"}},

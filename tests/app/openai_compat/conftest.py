@@ -10,6 +10,7 @@ import pytest
 from app.inference_client import InferenceClient
 from app.settings import Settings
 from app.storage import ArtifactStore
+from tests.app.conftest import app_of
 from tests.app.openai_compat.sdk import Sdk, sdk, serve_in_thread
 
 __all__ = ["sdk"]  # the fixture, for the tests here
@@ -31,7 +32,7 @@ def inference_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def chat_sdk(sdk: Sdk, inference_url: str) -> Iterator[Sdk]:
     """The SDK against an API whose inference server is up."""
-    app = sdk.api.client.app
+    app = app_of(sdk.api.client)
     down = app.state.inference
     app.state.inference = InferenceClient(inference_url)
     yield sdk

@@ -9,11 +9,12 @@ import pytest
 
 from app.auth import create_key
 from app.errors import APIError, permission_denied, rate_limited, unauthorized
+from tests.app.conftest import app_of
 from tests.app.openai_compat.sdk import Sdk, sdk_client
 
 
 def test_a_bad_key_is_an_authentication_error(sdk: Sdk) -> None:
-    app = sdk.api.client.app
+    app = app_of(sdk.api.client)
     app.state.keys.cache_seconds = 0
     with app.state.sessionmaker() as session:
         _, key = create_key(session, "acme")
@@ -44,7 +45,9 @@ def test_every_status_maps_to_the_sdk_class(
     def fail() -> NoReturn:
         raise error
 
-    sdk.api.client.app.add_api_route("/v1/test-error", fail, methods=["GET"], response_model=None)
+    app_of(sdk.api.client).add_api_route(
+        "/v1/test-error", fail, methods=["GET"], response_model=None
+    )
     with pytest.raises(exception) as raised:
         sdk.client.get("/test-error", cast_to=object)
     assert raised.value.status_code == status
@@ -63,7 +66,9 @@ def test_a_bug_is_a_500_with_an_openai_body(sdk: Sdk) -> None:
     def crash() -> NoReturn:
         raise ZeroDivisionError("boom")
 
-    sdk.api.client.app.add_api_route("/v1/test-crash", crash, methods=["GET"], response_model=None)
+    app_of(sdk.api.client).add_api_route(
+        "/v1/test-crash", crash, methods=["GET"], response_model=None
+    )
     with pytest.raises(openai.InternalServerError) as raised:
         sdk.client.get("/test-crash", cast_to=object)
     assert raised.value.status_code == 500

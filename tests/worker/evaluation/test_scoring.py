@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from tests.support.data import write_jsonl
 from tests.worker.inference.artifacts import LABELS, LM_FULL, cls_spec, copy_artifact, lm_spec
 from worker.evaluation.run import EvaluationFailure, evaluate
 from worker.inference.loading import ModelSpec
+from worker.inference.predictors import Classification
 from worker.inference.service import InferenceService
 
 TEXTS = [
@@ -50,7 +51,10 @@ def test_classification_metrics_match_the_served_predictions(
     base = cls_spec(bert_dir, artifact=None, key="base:bert")
     result = evaluate(spec_for(store, tmp_path, rows, model=tuned, compare_to=base))
 
-    served = InferenceService(store).predict(ModelSpec(**tuned), [r["text"] for r in rows], {})
+    served = cast(
+        list[Classification],
+        InferenceService(store).predict(ModelSpec(**tuned), [r["text"] for r in rows], {}),
+    )
     predicted = [p["label"] for p in served]
     metrics = result["metrics"]
     assert result["rows"] == len(rows)
@@ -114,7 +118,7 @@ def _stopping_copy(store: ArtifactStore, prompt: str) -> tuple[str, str]:
     config = GenerationConfig.from_pretrained(directory)
     config.eos_token_id = new[stop_at]
     config.save_pretrained(directory)
-    return key, tokenizer.decode(new[:stop_at], skip_special_tokens=True)
+    return key, cast(str, tokenizer.decode(new[:stop_at], skip_special_tokens=True))
 
 
 def test_causal_lm_loss_perplexity_and_exact_match(

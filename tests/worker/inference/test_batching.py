@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from app.storage import ArtifactStore
 from tests.worker.inference.artifacts import cls_spec, lm_spec
 from worker.inference.loading import ModelSpec
+from worker.inference.predictors import Classification
 from worker.inference.service import InferenceService
 
 TEXTS = [f"the movie was great number {i}" for i in range(6)]
@@ -20,7 +21,10 @@ def test_concurrent_classifications_share_forwards_up_to_the_batch_size(
 ) -> None:
     service = InferenceService(store, max_batch_size=8, max_wait_ms=50)
     spec = ModelSpec(**cls_spec(bert_dir))
-    alone = [service.predict(spec, [text], {"top_k": 1 + i % 3}) for i, text in enumerate(TEXTS)]
+    alone = [
+        cast(list[Classification], service.predict(spec, [text], {"top_k": 1 + i % 3}))
+        for i, text in enumerate(TEXTS)
+    ]
     batcher = service.load(spec).shared.batcher
     assert batcher is not None
     with ThreadPoolExecutor(max_workers=24) as pool:
@@ -28,7 +32,7 @@ def test_concurrent_classifications_share_forwards_up_to_the_batch_size(
             pool.submit(service.predict, spec, [text], {"top_k": 1 + i % 3})
             for i, text in enumerate(TEXTS * 4)
         ]
-        results = [f.result() for f in futures]
+        results = [cast(list[Classification], f.result()) for f in futures]
     # top_k differs per request yet they batch: it is applied after the forward
     for got, expected in zip(results, alone * 4, strict=True):
         assert got[0]["label"] == expected[0]["label"]
@@ -44,8 +48,8 @@ def test_a_request_larger_than_the_batch_size_still_runs(
     service = InferenceService(store, max_batch_size=4)
     spec = ModelSpec(**cls_spec(bert_dir))
     many = [f"text number {i}" for i in range(11)]
-    batched = service.predict(spec, many, {})
-    one_by_one = [service.predict(spec, [text], {})[0] for text in many]
+    batched = cast(list[Classification], service.predict(spec, many, {}))
+    one_by_one = [cast(list[Classification], service.predict(spec, [text], {}))[0] for text in many]
     assert [p["label"] for p in batched] == [p["label"] for p in one_by_one]
 
 

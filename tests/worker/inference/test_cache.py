@@ -161,11 +161,13 @@ def test_models_on_one_base_share_a_single_load() -> None:
 
     models = [
         cache.get_or_load(
-            f"a{i}", lambda i=i: Recipe(lambda b: Fake(f"a{i}", 10, b), "base", load_base)
+            f"a{i}",
+            lambda i=i: Recipe(lambda b: Fake(f"a{i}", 10, base=b), "base", load_base),  # type: ignore[misc]
         )
         for i in range(10)
     ]
-    assert loads == 1 and all(m.base is models[0].base for m in models)
+    assert loads == 1 and models[0].base is not None
+    assert all(m.base is models[0].base for m in models)
     # the base counts once, each adapter its own bytes: not ten bases
     assert cache.total_memory_bytes() == 1000 + 10 * 10
     (base,) = cache.shared_stats()
