@@ -17,12 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import db
 from app.auth import KeyResolver
+from app.broker import BrokerWatch, enqueue_evaluation, enqueue_job, make_celery
 from app.dashboard import install_dashboard
 from app.deployments.routes import router as deployments_router
 from app.deps import require_principal
 from app.errors import document_errors, error_body, error_responses, install_error_handlers
 from app.evaluations.routes import router as evaluations_router
-from app.evaluations.service import RUN_EVALUATION
 from app.files.routes import router as files_router
 from app.inference_client import InferenceClient
 from app.jobs.reconciler import Reconciler
@@ -46,15 +46,13 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     store = ArtifactStore(settings.storage_url, settings.cache_dir)
     inference = InferenceClient(settings.inference_url)
 
-    from worker.celery_app import BrokerWatch, enqueue_job, make_celery
-
     celery = make_celery(settings)
 
     def enqueue(job_id: str) -> None:
         enqueue_job(celery, job_id)
 
-    def enqueue_evaluation(evaluation_id: str) -> None:
-        celery.send_task(RUN_EVALUATION, args=[evaluation_id])
+    def enqueue_eval(evaluation_id: str) -> None:
+        enqueue_evaluation(celery, evaluation_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,7 +64,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
                 settings.reconcile_every_seconds,
                 settings.requeue_after_seconds,
                 broker=BrokerWatch(settings),
-                enqueue_evaluation=enqueue_evaluation,
+                enqueue_evaluation=enqueue_eval,
                 max_workers_lost=settings.max_workers_lost,
             )
             loop.start()
@@ -95,7 +93,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     app.state.store = store
     app.state.inference = inference
     app.state.enqueue = enqueue
-    app.state.enqueue_evaluation = enqueue_evaluation
+    app.state.enqueue_evaluation = enqueue_eval
     app.state.celery = celery
     app.state.sessionmaker = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
     app.state.reads = make_reads(settings.database_url, engine)

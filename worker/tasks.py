@@ -7,10 +7,9 @@ from functools import lru_cache
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import db
-from app.evaluations.service import RUN_EVALUATION
+from app.broker import RUN_EVALUATION, RUN_JOB, make_celery
 from app.settings import get_settings
 from app.storage import get_store
-from worker.celery_app import RUN_JOB, make_celery
 from worker.evaluation.runner import EvaluationRunner
 from worker.supervisor import JobRunner
 

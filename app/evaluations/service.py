@@ -16,8 +16,6 @@ from app.ids import new_id
 from app.models.service import serving_spec
 from app.tables import EvaluationRow
 
-RUN_EVALUATION = "tunery.run_evaluation"
-
 FORMAT_HINT = {
     "classification": 'rows {"text": ..., "label": ...}',
     "causal-lm": 'rows {"prompt": ..., "completion": ...} or {"messages": [...]}',

@@ -4,7 +4,7 @@ The database is the truth; the broker may lose or duplicate messages. Running jo
 lease expired go back to queued (the next claim bumps the attempt number and resumes);
 queued jobs that nobody claimed for a while are enqueued again (a duplicate only meets a
 claim that fails). When the broker lost everything it held (a Redis restarted empty: see
-worker/celery_app.py BrokerWatch), every waiting job is enqueued again at once.
+app/broker.py BrokerWatch), every waiting job is enqueued again at once.
 Evaluations get the same care (app/evaluations/repository.py `reconcile`). A job or
 evaluation that lost `max_workers_lost` workers fails (`worker_lost`) rather than go on
 killing workers.

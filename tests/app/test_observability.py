@@ -109,7 +109,7 @@ def test_jobs_by_status_and_training_throughput(api: Api) -> None:
 
 
 def test_queue_depth_counts_filesystem_broker_messages(api: Api) -> None:
-    from worker.celery_app import enqueue_job
+    from app.broker import enqueue_job
 
     assert api.settings.broker_url.startswith("filesystem")
     assert sample(scrape(api), "tunery_queue_depth", queue=api.settings.queue) == 0
@@ -126,9 +126,9 @@ def test_queue_depth_on_redis(tmp_path: Path, tiny_models: Path) -> None:
     import redis
     from fastapi.testclient import TestClient
 
+    from app.broker import enqueue_job
     from app.main import create_app
     from app.migrate import upgrade
-    from worker.celery_app import enqueue_job
 
     queue = f"tunery-metrics-{uuid.uuid4().hex[:8]}"
     settings = Settings(

@@ -26,6 +26,7 @@ import pytest
 import redis as redis_client
 from fastapi.testclient import TestClient
 
+from app.broker import BrokerWatch
 from app.jobs.reconciler import Reconciler
 from app.main import create_app
 from app.migrate import upgrade
@@ -41,7 +42,6 @@ from tests.support.faults import (
     wait_job,
 )
 from tests.support.services import PrivateRedis, private_redis, redis_available
-from worker.celery_app import BrokerWatch
 
 pytestmark = pytest.mark.faults
 needs_redis_server = pytest.mark.skipif(

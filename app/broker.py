@@ -1,6 +1,9 @@
-"""Celery configuration. Torch-free: the API imports this to enqueue by task name.
+"""The broker, as both sides see it: the task names, the Celery configuration, enqueueing,
+and the watch on a broker that lost its contents.
 
-The broker only carries "job X is ready" wake-ups; the database is the source of truth, so a
+Torch-free and the one place both sides import: the API sends tasks by name from here, and
+worker/tasks.py registers its tasks under the same names on a Celery app made here. The
+broker only carries "job X is ready" wake-ups; the database is the source of truth, so a
 lost or duplicated message never loses or duplicates a job (tasks claim before they run).
 """
 
@@ -13,6 +16,7 @@ from celery import Celery
 from app.settings import Settings, get_settings
 
 RUN_JOB = "tunery.run_job"
+RUN_EVALUATION = "tunery.run_evaluation"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -63,6 +67,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 def enqueue_job(app: Celery, job_id: str) -> None:
     app.send_task(RUN_JOB, args=[job_id])
+
+
+def enqueue_evaluation(app: Celery, evaluation_id: str) -> None:
+    app.send_task(RUN_EVALUATION, args=[evaluation_id])
 
 
 class BrokerWatch:
