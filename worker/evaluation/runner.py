@@ -7,12 +7,10 @@ UPDATE, and a runner that lost its lease stops its child and records nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import processes
 from app.errors import APIError
 from app.evaluations import repository
 from app.files import repository as files_repo
@@ -75,7 +74,6 @@ class EvaluationRunner:
         return self._record(evaluation_id, attempt, result)
 
     def _spec(self, session: Session, row: EvaluationRow, work: Path) -> dict[str, Any]:
-        assert self.settings.models_dir is not None
         try:
             model = serving_spec(session, self.settings.models_dir, row.model, param="model")
             other = None
@@ -114,15 +112,15 @@ class EvaluationRunner:
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env["HF_HUB_OFFLINE"] = "0" if self.settings.allow_hub else "1"
-        with (work / "evaluation.log").open("ab") as log_file:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "worker.evaluation.run", str(spec_path)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=env,
-                cwd=str(work),
-            )
+        # SIGKILL when the worker dies: its evaluation goes back to the queue, and a child
+        # left running would hold a model in memory for nobody
+        child = processes.spawn(
+            [sys.executable, "-m", "worker.evaluation.run", str(spec_path)],
+            env=env,
+            cwd=work,
+            log=work / "evaluation.log",
+            death_signal=signal.SIGKILL,
+        )
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         try:
             while child.poll() is None:
@@ -138,11 +136,11 @@ class EvaluationRunner:
                         log.warning("lost the lease on %s; stopping its child", evaluation_id)
                         return None
         finally:
-            _stop(child)
+            processes.terminate([child], grace=TERMINATE_GRACE_SECONDS)
         if result_path.is_file():
             result: dict[str, Any] = json.loads(result_path.read_text())
             return result
-        tail = _tail(work / "evaluation.log")
+        tail = processes.tail(work / "evaluation.log")
         return {
             "error": {
                 "code": "evaluation_crashed",
@@ -171,24 +169,3 @@ class EvaluationRunner:
         if not recorded:
             return "lease-lost"
         return str(values["status"])
-
-
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.pid, signal.SIGTERM)
-    try:
-        child.wait(TERMINATE_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-
-
-def _tail(path: Path, chars: int = 800) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no output)"
-    return " ".join(text[-chars:].split()) or "(no output)"

@@ -4,15 +4,13 @@ Torch-free (the supervisor imports it). Every rank gets torchrun's environment (
 LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so the Trainer sets
 up distributed data parallel by itself. The ranks are started here rather than by the
 torchrun agent because the supervisor must own them: they share one new process group (a
-cancel stops all of it at once) and each dies with the supervisor (PR_SET_PDEATHSIG, see
-`die_with_parent`), whereas torchrun puts every worker in a session of its own and leaves
-them running if the agent is killed.
+cancel stops all of it at once) and each dies with the supervisor (app/processes.py arms
+PR_SET_PDEATHSIG before the rank starts), whereas torchrun puts every worker in a session
+of its own and leaves them running if the agent is killed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -23,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app import processes as children
+
 PARENT_PID_ENV = "TUNERY_SUPERVISOR_PID"
-PR_SET_PDEATHSIG = 1
 # How long the other ranks get to report after one of them failed.
 RANK_GRACE_SECONDS = 10.0
 
@@ -39,17 +38,12 @@ def die_with_parent() -> None:
     """Called first thing in the trainer: be SIGKILLed when the supervisor dies.
 
     Without this a worker killed with SIGKILL would leave its trainer running, holding CPU
-    and GPU memory while the job's next attempt starts elsewhere.
+    and GPU memory while the job's next attempt starts elsewhere. `launch` already armed it
+    (app/processes.py); this covers a trainer started some other way with the variable set.
     """
     parent = os.environ.get(PARENT_PID_ENV)
-    if not parent or not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != int(parent):
-        # the supervisor died before the death signal was armed
-        os._exit(1)
+    if parent and children.CAN_ARM:
+        children.arm_death_signal(int(parent), signal.SIGKILL)
 
 
 @dataclass
@@ -101,17 +95,7 @@ class TrainerGroup:
         """SIGTERM the whole group, SIGKILL it if anything lingers."""
         if all(proc.poll() is not None for proc in self.procs):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pgid, signal.SIGKILL)
-        for proc in self.procs:
-            proc.wait()
+        children.terminate(self.procs, groups=[self.pgid], grace=grace)
         self.exit_codes = [proc.returncode for proc in self.procs]
 
     def alive(self) -> bool:
@@ -139,19 +123,18 @@ def launch(spec_path: Path, processes: int, env: Mapping[str, str], cwd: Path) -
                 rank_env.update(RANK=str(rank), LOCAL_RANK=str(rank))
             log_path = cwd / ("trainer.log" if rank == 0 else f"trainer-rank{rank}.log")
             logs.append(log_path)
-            with log_path.open("ab") as log_file:
-                procs.append(
-                    subprocess.Popen(
-                        command,
-                        stdout=log_file,
-                        stderr=subprocess.STDOUT,
-                        env=rank_env,
-                        cwd=str(cwd),
-                        # rank 0 starts a new process group, the other ranks join it (a
-                        # group in the supervisor's session: setpgid cannot cross sessions)
-                        process_group=0 if rank == 0 else procs[0].pid,
-                    )
+            procs.append(
+                children.spawn(
+                    command,
+                    env=rank_env,
+                    cwd=cwd,
+                    log=log_path,
+                    # rank 0 starts a new process group, the other ranks join it (a group in
+                    # the supervisor's session: setpgid cannot cross sessions)
+                    group=children.NEW_GROUP if rank == 0 else procs[0].pid,
+                    death_signal=signal.SIGKILL,
                 )
+            )
     except BaseException:
         TrainerGroup(procs, logs).terminate()
         raise

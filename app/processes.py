@@ -1,0 +1,143 @@
+"""Child processes: started in a process group of their own and bound to their parent's life,
+stopped as a group, their log's tail read back.
+
+Every long-lived child Tunery starts goes through `spawn`: the trainer's ranks
+(worker/training/launch.py), the evaluation child (worker/evaluation/runner.py) and the
+worker and inference server of `tunery serve` (app/cli.py).
+
+- **Parent death.** A parent killed with SIGKILL cannot stop its children, so each child is
+  given the parent-death signal (Linux's PR_SET_PDEATHSIG) before it runs a line of its
+  own: `spawn` starts `python -m app.processes PARENT SIGNAL -- COMMAND...`, which arms the
+  signal, exits if the parent is already gone, and execs COMMAND in the same process (same
+  pid, and the signal survives the exec). Arming it in `preexec_fn` instead would run Python
+  between fork and exec, which is unsafe in a process with threads (the supervisor has
+  them). The signal fires when the *thread* that started the child ends, so start children
+  from a thread that lives as long as they should.
+- **Groups.** A child leads a new process group, or joins a given one (the trainer's ranks
+  share rank 0's), so that `terminate` reaches whatever it started in turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+NEW_GROUP = 0
+CAN_ARM = sys.platform.startswith("linux")
+
+
+def spawn(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    group: int = NEW_GROUP,
+    death_signal: int = signal.SIGKILL,
+) -> subprocess.Popen[bytes]:
+    """Start `command` as a child that gets `death_signal` when this process dies.
+
+    `group`: NEW_GROUP to lead a process group of its own, else the group id to join.
+    `log`: where stdout and stderr go (appended), else they are inherited.
+    """
+    argv = list(command)
+    if CAN_ARM:
+        argv = [
+            sys.executable,
+            "-m",
+            "app.processes",
+            str(os.getpid()),
+            str(int(death_signal)),
+            "--",
+            *argv,
+        ]
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(log.open("ab")) if log is not None else None
+        return subprocess.Popen(
+            argv,
+            env=None if env is None else dict(env),
+            cwd=None if cwd is None else str(cwd),
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            process_group=group,
+        )
+
+
+def arm_death_signal(parent: int, death_signal: int) -> None:
+    """In the child: get `death_signal` when the parent dies, or exit now if it already did
+    (it may have died before the signal was armed, and then the signal never comes)."""
+    if CAN_ARM:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def terminate(
+    procs: Sequence[subprocess.Popen[Any]],
+    *,
+    groups: Collection[int] | None = None,
+    grace: float = 5.0,
+) -> None:
+    """SIGTERM the process groups, wait up to `grace` seconds for every process, SIGKILL what
+    lingers, and reap them all.
+
+    `groups`: the process group ids they share (default: each process leads its own). A
+    group none of whose processes is still running is not signalled: its id may since
+    belong to someone else.
+    """
+    running = [proc for proc in procs if proc.poll() is None]
+    if not running:
+        return
+    _signal_groups(running, groups, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+    lingering = [proc for proc in running if proc.poll() is None]
+    if lingering:
+        _signal_groups(lingering, groups, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
+
+
+def _signal_groups(
+    running: Sequence[subprocess.Popen[Any]], groups: Collection[int] | None, sig: int
+) -> None:
+    for pgid in [proc.pid for proc in running] if groups is None else groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+
+
+def tail(path: Path, chars: int = 800) -> str:
+    """The end of a child's log on one line, for an error message."""
+    try:
+        with path.open("rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 4 * chars))
+            text = file.read().decode(errors="replace")
+    except OSError:
+        return "(no output)"
+    return " ".join(text[-chars:].split()) or "(no output)"
+
+
+def _main(argv: Sequence[str]) -> None:
+    """`python -m app.processes PARENT SIGNAL -- COMMAND...` (what `spawn` runs)."""
+    parent, death_signal, separator, *command = argv
+    if separator != "--" or not command:
+        sys.exit("usage: python -m app.processes PARENT_PID SIGNAL -- COMMAND...")
+    arm_death_signal(int(parent), int(death_signal))
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

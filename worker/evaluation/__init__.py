@@ -1,0 +1,1 @@
+"""Evaluations: the runner (claim, child, lease, record) and the torch child that scores."""
