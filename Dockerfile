@@ -25,11 +25,14 @@ RUN pip install --upgrade pip \
 
 WORKDIR /opt/tunery
 COPY pyproject.toml README.md ./
+COPY tunery_client ./tunery_client
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install ".[demo,s3]" \
- && python -c "import app.cli, worker.celery_app"
+# the client first in the same call: the server requires tunery-client, found in the folder
+RUN pip install ./tunery_client ".[demo,s3]" \
+ && python -c "import app.cli, app.broker, tunery_client.cli" \
+ && tunery --help | grep -q serve
 
 RUN useradd --create-home --uid 1000 --user-group tunery \
  && mkdir -p /data /models \

@@ -1,25 +1,24 @@
-"""The `tunery` command: run the servers (all embedded, or each piece alone) and the database.
+"""The server verbs of `tunery`: run the servers (all embedded, or each piece alone), the
+database and the API keys.
 
 tunery serve [--host H] [--port P]    API + worker + inference server, nothing external
 tunery api [--host H] [--port P]      the HTTP API alone
 tunery worker                         a Celery worker that runs training jobs
 tunery inference [--host H] [--port P]
 tunery db upgrade                     apply the Alembic migrations
+tunery keys create|list|revoke        API keys (app/admin.py)
 
-and the client of a running API (app/client/; TUNERY_BASE_URL, TUNERY_API_KEY):
-
-tunery files upload|list|get|delete
-tunery jobs create|list|get|watch|cancel|pause|resume|events|metrics|checkpoints
-tunery models list|get|download|delete
-tunery deployments create|list|get|delete
-tunery predict DEPLOYMENT TEXT...     (`--json` on every verb prints the API objects)
+The client verbs (files, jobs, models, deployments, predict) come from the tunery_client
+package, which builds the parser; `register` adds these to it, through the
+`tunery.commands` entry point when run as the `tunery` script, and directly as `python -m
+app.cli`. The worker and the inference server run torch, which app/ never imports: their
+verbs prepare what the control plane owns (data folder, schema), then exec `python -m
+worker ...` in the same process (`serve` starts the same commands as children).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -27,15 +26,16 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
+from typing import NoReturn
 
+from app import processes
 from app.admin import add_key_commands, prepare_auth
-from app.client.commands import CLIENT_COMMANDS
-from app.client.commands import register as register_client_commands
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("tunery")
+# stopping `tunery serve`: how long its worker and inference server get to exit
+CHILD_GRACE_SECONDS = 10.0
 
 
 def _free_port(host: str) -> int:
@@ -48,7 +48,6 @@ def _prepare(settings: Settings) -> None:
     from app.migrate import upgrade
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    assert settings.models_dir is not None
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
 
@@ -78,31 +77,26 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    _prepare(settings)
-    from worker.tasks import app
+def worker_command(*args: str) -> list[str]:
+    """`python -m worker ...` (worker/__main__.py) with this interpreter."""
+    return [sys.executable, "-m", "worker", *args]
 
-    argv = [
-        "worker",
-        "--pool=solo",
-        "--concurrency=1",
-        f"--queues={settings.queue}",
-        f"--loglevel={args.loglevel}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        f"--hostname=tunery-worker-{os.getpid()}@{socket.gethostname()}",
-    ]
-    app.worker_main(argv)
-    return 0
+
+def _become(command: list[str]) -> NoReturn:
+    """Replace this process with `command`: same pid, so whoever started `tunery worker`
+    (a supervisor, Compose, a test) signals the worker itself."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _prepare(get_settings())
+    _become(worker_command("celery", "--loglevel", args.loglevel))
 
 
 def cmd_inference(args: argparse.Namespace) -> int:
-    from worker.inference.server import run
-
-    run(args.host, args.port)
-    return 0
+    _become(worker_command("inference", "--host", args.host, "--port", str(args.port)))
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -112,14 +106,6 @@ def cmd_db(args: argparse.Namespace) -> int:
     upgrade(settings.database_url, args.revision)
     print(f"database at {settings.database_url.split('@')[-1]} is at revision {args.revision}")
     return 0
-
-
-def _die_with_parent() -> None:
-    """Runs in each child of `tunery serve` before exec: a serve killed with SIGKILL (which
-    cannot stop its children itself) still takes its worker and inference server along."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PDEATHSIG
 
 
 class _Children:
@@ -132,8 +118,9 @@ class _Children:
         self.stopping = threading.Event()
 
     def start(self, name: str) -> None:
-        self.procs[name] = subprocess.Popen(
-            self.commands[name], env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        # SIGTERM when serve dies, even by SIGKILL (which cannot stop them itself)
+        self.procs[name] = processes.spawn(
+            self.commands[name], env=self.env, death_signal=signal.SIGTERM
         )
 
     def watch(self) -> None:
@@ -145,17 +132,7 @@ class _Children:
 
     def stop(self) -> None:
         self.stopping.set()
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        processes.terminate(list(self.procs.values()), grace=CHILD_GRACE_SECONDS)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -174,18 +151,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["TUNERY_DATA_DIR"] = str(settings.data_dir)
     env["TUNERY_INFERENCE_URL"] = f"http://127.0.0.1:{inference_port}"
-    python = [sys.executable, "-m", "app.cli"]
     children = _Children(
         {
-            "worker": [*python, "worker", "--loglevel", "WARNING"],
-            "inference": [
-                *python,
-                "inference",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(inference_port),
-            ],
+            "worker": worker_command("celery", "--loglevel", "WARNING"),
+            "inference": worker_command(
+                "inference", "--host", "127.0.0.1", "--port", str(inference_port)
+            ),
         },
         env,
     )
@@ -213,10 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunery", description="Self-hosted fine-tuning.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the server verbs to the `tunery` parser (the `tunery.commands` entry point)."""
     serve = sub.add_parser("serve", help="run API, worker and inference server together")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -243,17 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("revision", nargs="?", default="heads")
     up.set_defaults(func=cmd_db)
 
-    register_client_commands(sub)
     add_key_commands(sub)
-    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole `tunery` parser: the client verbs and these."""
+    from tunery_client.cli import build_parser as client_parser
+
+    return client_parser([register])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # the client verbs print for people; the servers log
-    level = logging.WARNING if args.command in CLIENT_COMMANDS else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return int(args.func(args) or 0)
+    from tunery_client.cli import main as client_main
+
+    return client_main(argv, [register])
 
 
 if __name__ == "__main__":

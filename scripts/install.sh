@@ -114,15 +114,23 @@ else
 fi
 
 # --- the project -------------------------------------------------------------------------
+# Two distributions: tunery-client (tunery_client/: the `tunery` command and its client
+# verbs, no torch) and tunery (the server, which depends on the client and adds its verbs).
+# One pip call, so that the server's `tunery-client` requirement is met by the folder.
 stamp="$VENV/.tunery-install"
-want_stamp="extras=$EXTRAS pyproject=$(cksum <pyproject.toml | cut -d' ' -f1)"
+want_stamp="extras=$EXTRAS pyproject=$(cat pyproject.toml tunery_client/pyproject.toml | cksum | cut -d' ' -f1)"
 if [ "${TUNERY_FORCE_INSTALL:-0}" != "1" ] && [ -x "$VENV/bin/tunery" ] \
   && [ -f "$stamp" ] && grep -qxF "$want_stamp" "$stamp" \
-  && "$PY" -c 'import importlib.metadata as m; m.version("tunery")' 2>/dev/null; then
+  && "$PY" -c 'import importlib.metadata as m; m.version("tunery"); m.version("tunery-client")' 2>/dev/null; then
   say "tunery[$EXTRAS] already installed"
 else
-  say "installing tunery[$EXTRAS] (editable)"
-  pip_install -e ".[$EXTRAS]"
+  say "installing tunery-client and tunery[$EXTRAS] (editable)"
+  pip_install -e ./tunery_client -e ".[$EXTRAS]"
+  if [ ! -x "$VENV/bin/tunery" ]; then
+    # an environment from before the split: pip removed the old server, which owned the
+    # `tunery` script, after it had installed the client's
+    pip_install --force-reinstall --no-deps -e ./tunery_client
+  fi
   changed=1
   # several extras sets may be installed in one venv (make run, then make test)
   : >"$stamp.new"

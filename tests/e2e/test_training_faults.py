@@ -89,7 +89,7 @@ def worker_pid(server: live.LiveServer) -> int:
     (pid,) = [
         pid
         for pid, parent, command in processes()
-        if parent == serve and b"worker" in command and b"app.cli" in command
+        if parent == serve and command[1:4] == [b"-m", b"worker", b"celery"]
     ]
     return pid
 

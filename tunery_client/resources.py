@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 import httpx
 
-from app.client import output
-from app.client.api import Client, ClientError
-from app.client.jobspec import parse_pairs
+from tunery_client import output
+from tunery_client.api import Client, ClientError
+from tunery_client.jobspec import parse_pairs
 
 # uploads bigger than this get a progress bar
 PROGRESS_FROM_BYTES = 4 * 1024 * 1024

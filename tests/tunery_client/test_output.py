@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from app.client import output
+from tunery_client import output
 
 
 def test_table_aligns_columns_and_formats_cells() -> None:

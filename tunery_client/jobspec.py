@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.client.api import ClientError
+from tunery_client.api import ClientError
 
 # flag name (argparse dest) -> hyperparameter name
 HYPERPARAMETER_FLAGS = {

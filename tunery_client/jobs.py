@@ -8,9 +8,9 @@ import sys
 import time
 from typing import Any
 
-from app.client import output
-from app.client.api import Client, ClientError
-from app.client.jobspec import build_job
+from tunery_client import output
+from tunery_client.api import Client, ClientError
+from tunery_client.jobspec import build_job
 
 JOBS = "/v1/fine_tuning/jobs"
 TERMINAL = {"succeeded", "failed", "cancelled"}

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from app.cli import build_parser
-from app.client.api import Client, ClientError
 from tests.app.conftest import Api
 from tests.support.data import sentiment_rows, write_jsonl
+from tunery_client.api import Client, ClientError
 
 
 def run(api: Api, *argv: str, api_key: str | None = None) -> int:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.client import jobs, resources
-from app.client.api import Client, ClientError
-from app.client.jobspec import add_job_flags
+from tunery_client import jobs, resources
+from tunery_client.api import Client, ClientError
+from tunery_client.jobspec import add_job_flags
 
 Handler = Callable[[Client, argparse.Namespace], int]
 CLIENT_COMMANDS = ("files", "jobs", "models", "deployments", "predict")

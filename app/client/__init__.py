@@ -1,1 +1,0 @@
-"""The `tunery` client verbs: files, jobs, models, deployments and predict over the HTTP API."""
