@@ -1,21 +1,36 @@
-"""Annotated dependencies shared by the routes."""
+"""Annotated dependencies shared by the routes.
+
+create_app() (app/main.py) wires the process's shared objects onto `app.state`; these
+functions are the only readers, each with its type, so a route declares what it uses
+(`settings: SettingsDep`) and never reads the untyped `request.app.state` itself. Tests
+swap an object by assigning the same attribute (`app.state.enqueue = sent.append`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth import Principal, RateLimiter
+from app.auth import KeyResolver, Principal, RateLimiter
+from app.reads import Reads
 from app.settings import Settings
 from app.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+def get_sessionmaker(request: Request) -> sessionmaker[Session]:
+    make_session: sessionmaker[Session] = request.app.state.sessionmaker
+    return make_session
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request, committed when the route returns without error."""
-    session: Session = request.app.state.sessionmaker()
+    session = get_sessionmaker(request)()
     try:
         yield session
         session.commit()
@@ -36,11 +51,58 @@ def get_store_dep(request: Request) -> ArtifactStore:
     return store
 
 
+def get_reads(request: Request) -> Reads:
+    reads: Reads = request.app.state.reads
+    return reads
+
+
+def get_keys(request: Request) -> KeyResolver:
+    keys: KeyResolver = request.app.state.keys
+    return keys
+
+
+class Enqueue:
+    """Sends a wake-up for a row the caller has committed. A broker that cannot be reached is
+    logged, not raised: the row stays queued, and the reconciler sends it again
+    (TUNERY_REQUEUE_AFTER_SECONDS), so the request that created it still succeeds."""
+
+    def __init__(self, send: Callable[[str], None], kind: str) -> None:
+        self.send = send
+        self.kind = kind
+
+    def __call__(self, row_id: str) -> None:
+        try:
+            self.send(row_id)
+        except Exception:
+            log.exception("could not enqueue %s %s; the reconciler will retry", self.kind, row_id)
+
+
+def get_enqueue_job(request: Request) -> Enqueue:
+    return Enqueue(request.app.state.enqueue, "job")
+
+
+def get_enqueue_evaluation(request: Request) -> Enqueue:
+    return Enqueue(request.app.state.enqueue_evaluation, "evaluation")
+
+
 # scope="function": commit before the response is sent, so a client that reads right after a
 # write (the openai SDK's create-then-retrieve) always sees it
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionmakerDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store_dep)]
+ReadsDep = Annotated[Reads, Depends(get_reads)]
+EnqueueJobDep = Annotated[Enqueue, Depends(get_enqueue_job)]
+EnqueueEvaluationDep = Annotated[Enqueue, Depends(get_enqueue_evaluation)]
+
+
+def _rate_limiter(request: Request) -> RateLimiter:
+    state = request.app.state
+    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
+    if limiter is None:
+        # made on first use, from the app's settings (one bucket table per API process)
+        limiter = state.rate_limiter = RateLimiter(get_settings_dep(request).rate_limit_per_minute)
+    return limiter
 
 
 async def require_principal(request: Request) -> Principal:
@@ -48,13 +110,8 @@ async def require_principal(request: Request) -> Principal:
 
     Async on purpose: keys are cached in memory, so the common case costs no thread hop.
     """
-    state = request.app.state
-    principal: Principal = state.keys.resolve(request.headers.get("authorization"))
-    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
-    if limiter is None:
-        # made on first use, from the app's settings (one bucket table per API process)
-        limiter = state.rate_limiter = RateLimiter(state.settings.rate_limit_per_minute)
-    limiter.take(principal)
+    principal = get_keys(request).resolve(request.headers.get("authorization"))
+    _rate_limiter(request).take(principal)
     request.state.principal = principal
     return principal
 

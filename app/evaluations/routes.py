@@ -1,35 +1,28 @@
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from app.deps import PrincipalDep, SessionDep, SettingsDep
+from app.deps import EnqueueEvaluationDep, PrincipalDep, SessionDep, SettingsDep
 from app.evaluations import repository, service
 from app.evaluations.schemas import EvaluationCreate, EvaluationPublic
 from app.pagination import check_limit, page
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
-log = logging.getLogger(__name__)
 
 
 @router.post("", response_model=EvaluationPublic)
 def create_evaluation(
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
+    enqueue: EnqueueEvaluationDep,
     body: EvaluationCreate,
 ) -> EvaluationPublic:
-    assert settings.models_dir is not None
     row = service.create(session, settings.models_dir, body, principal.project_id)
     session.commit()  # enqueue only what is committed
-    try:
-        request.app.state.enqueue_evaluation(row.id)
-    except Exception:
-        # the row stays queued: the reconciler sends it again (requeue_after_seconds)
-        log.exception("could not enqueue evaluation %s", row.id)
+    enqueue(row.id)
     return EvaluationPublic.of(row)
 
 

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import logging
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import FileResponse
 
-from app.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.deps import EnqueueJobDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep, StoreDep
 from app.errors import download_response, not_found
 from app.jobs import repository, service
 from app.jobs.schemas import CheckpointPublic, JobCreate, JobPublic
@@ -15,18 +14,16 @@ from app.models.export import tarball
 from app.pagination import check_limit, page
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-log = logging.getLogger(__name__)
 
 
 @router.post("", response_model=JobPublic)
 def create_job(
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
+    enqueue: EnqueueJobDep,
     body: JobCreate,
 ) -> JobPublic:
-    assert settings.models_dir is not None
     row = service.create_job(
         session,
         settings.models_dir,
@@ -35,15 +32,8 @@ def create_job(
         max_unfinished=settings.quota_concurrent_jobs,
     )
     session.commit()  # enqueue only what is committed
-    _enqueue(request, row.id)
+    enqueue(row.id)
     return JobPublic.of(row)
-
-
-def _enqueue(request: Request, job_id: str) -> None:
-    try:
-        request.app.state.enqueue(job_id)
-    except Exception:
-        log.exception("could not enqueue %s; the reconciler will retry", job_id)
 
 
 @router.get("")
@@ -60,10 +50,10 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def retrieve_job(request: Request, principal: PrincipalDep, job_id: str) -> JobPublic:
+async def retrieve_job(principal: PrincipalDep, reads: ReadsDep, job_id: str) -> JobPublic:
     """The status every client polls: one query scoped to the caller's project, on the hot
     read path (app/reads.py) rather than through a session in a thread."""
-    row = await request.app.state.reads.job(job_id, principal.project_id)
+    row = await reads.job(job_id, principal.project_id)
     if row is None:
         raise not_found("fine-tuning job", job_id, param="fine_tuning_job_id")
     return JobPublic.of(row)
@@ -81,11 +71,11 @@ def pause_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobP
 
 @router.post("/{job_id}/resume", response_model=JobPublic)
 def resume_job(
-    request: Request, principal: PrincipalDep, session: SessionDep, job_id: str
+    principal: PrincipalDep, session: SessionDep, enqueue: EnqueueJobDep, job_id: str
 ) -> JobPublic:
     row = service.resume_job(session, job_id, principal.project_id)
     session.commit()  # enqueue only what is committed
-    _enqueue(request, row.id)
+    enqueue(row.id)
     return JobPublic.of(row)
 
 
