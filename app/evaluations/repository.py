@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app.pagination import unknown_cursor
+from app.pagination import keyset
 from app.tables import EvaluationRow
 
 
@@ -26,17 +26,16 @@ def list_page(
     session: Session, *, project_id: str, after: str | None, limit: int
 ) -> list[EvaluationRow]:
     """Up to limit + 1 evaluations, newest first, after the evaluation `after`."""
-    query = select(EvaluationRow).where(EvaluationRow.project_id == project_id)
-    if after:
-        anchor = session.get(EvaluationRow, after)
-        if anchor is None or anchor.project_id != project_id:
-            raise unknown_cursor("evaluation", after)
-        query = query.where(
-            (EvaluationRow.created_ns < anchor.created_ns)
-            | ((EvaluationRow.created_ns == anchor.created_ns) & (EvaluationRow.id < anchor.id))
-        )
-    query = query.order_by(EvaluationRow.created_ns.desc(), EvaluationRow.id.desc())
-    return list(session.scalars(query.limit(limit + 1)))
+    return keyset(
+        session,
+        select(EvaluationRow).where(EvaluationRow.project_id == project_id),
+        id_column=EvaluationRow.id,
+        keys=(EvaluationRow.created_ns, EvaluationRow.id),
+        after=after,
+        limit=limit,
+        kind="evaluation",
+        scope=(EvaluationRow.project_id == project_id,),
+    )
 
 
 def claim(session: Session, evaluation_id: str, owner: str, lease_seconds: float) -> int | None:

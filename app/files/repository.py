@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.jobs import state
-from app.pagination import unknown_cursor
+from app.pagination import keyset
 from app.tables import FileRow, JobRow
 
 
@@ -43,26 +43,18 @@ def list_page(
     query = select(FileRow).where(FileRow.project_id == project_id, FileRow.deleted.is_(False))
     if purpose:
         query = query.where(FileRow.purpose == purpose)
-    if after:
+    return keyset(
+        session,
+        query,
+        id_column=FileRow.id,
+        keys=(FileRow.created_ns, FileRow.id),
+        after=after,
+        limit=limit,
+        kind="file",
         # a file deleted since the previous page still anchors the next one
-        anchor = session.get(FileRow, after)
-        if anchor is None or anchor.project_id != project_id:
-            raise unknown_cursor("file", after)
-        if order == "desc":
-            query = query.where(
-                (FileRow.created_ns < anchor.created_ns)
-                | ((FileRow.created_ns == anchor.created_ns) & (FileRow.id < anchor.id))
-            )
-        else:
-            query = query.where(
-                (FileRow.created_ns > anchor.created_ns)
-                | ((FileRow.created_ns == anchor.created_ns) & (FileRow.id > anchor.id))
-            )
-    if order == "desc":
-        query = query.order_by(FileRow.created_ns.desc(), FileRow.id.desc())
-    else:
-        query = query.order_by(FileRow.created_ns.asc(), FileRow.id.asc())
-    return list(session.scalars(query.limit(limit + 1)))
+        scope=(FileRow.project_id == project_id,),
+        order=order,
+    )
 
 
 def active_jobs_using(session: Session, file_id: str) -> list[str]:

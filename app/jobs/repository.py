@@ -7,6 +7,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.ids import new_id
+from app.pagination import keyset
 from app.tables import JobCheckpointRow, JobEventRow, JobMetricRow, JobRow
 
 
@@ -28,16 +29,17 @@ def count_unfinished(session: Session, project_id: str, statuses: tuple[str, ...
 
 
 def list_page(session: Session, *, project_id: str, after: str | None, limit: int) -> list[JobRow]:
-    query = select(JobRow).where(JobRow.project_id == project_id)
-    if after:
-        anchor = session.get(JobRow, after)
-        if anchor is not None and anchor.project_id == project_id:
-            query = query.where(
-                (JobRow.created_ns < anchor.created_ns)
-                | ((JobRow.created_ns == anchor.created_ns) & (JobRow.id < anchor.id))
-            )
-    query = query.order_by(JobRow.created_ns.desc(), JobRow.id.desc()).limit(limit + 1)
-    return list(session.scalars(query))
+    """Up to limit + 1 jobs, newest first, after the job `after`."""
+    return keyset(
+        session,
+        select(JobRow).where(JobRow.project_id == project_id),
+        id_column=JobRow.id,
+        keys=(JobRow.created_ns, JobRow.id),
+        after=after,
+        limit=limit,
+        kind="fine-tuning job",
+        scope=(JobRow.project_id == project_id,),
+    )
 
 
 def add_event(
@@ -60,12 +62,16 @@ def list_events(
     session: Session, job_id: str, *, after: str | None, limit: int
 ) -> list[JobEventRow]:
     """Newest first, as OpenAI lists them; `after` is the last event id already seen."""
-    query = select(JobEventRow).where(JobEventRow.job_id == job_id)
-    if after:
-        anchor = session.scalar(select(JobEventRow.seq).where(JobEventRow.id == after))
-        if anchor is not None:
-            query = query.where(JobEventRow.seq < anchor)
-    return list(session.scalars(query.order_by(JobEventRow.seq.desc()).limit(limit + 1)))
+    return keyset(
+        session,
+        select(JobEventRow).where(JobEventRow.job_id == job_id),
+        id_column=JobEventRow.id,
+        keys=(JobEventRow.seq,),
+        after=after,
+        limit=limit,
+        kind="event of this job",
+        scope=(JobEventRow.job_id == job_id,),
+    )
 
 
 def add_metric(
@@ -119,12 +125,16 @@ def list_checkpoints(
     session: Session, job_id: str, *, after: str | None, limit: int
 ) -> list[JobCheckpointRow]:
     """Newest (highest step) first, as OpenAI lists them; `after` is the last id seen."""
-    query = select(JobCheckpointRow).where(JobCheckpointRow.job_id == job_id)
-    if after:
-        anchor = session.scalar(select(JobCheckpointRow.step).where(JobCheckpointRow.id == after))
-        if anchor is not None:
-            query = query.where(JobCheckpointRow.step < anchor)
-    return list(session.scalars(query.order_by(JobCheckpointRow.step.desc()).limit(limit + 1)))
+    return keyset(
+        session,
+        select(JobCheckpointRow).where(JobCheckpointRow.job_id == job_id),
+        id_column=JobCheckpointRow.id,
+        keys=(JobCheckpointRow.step,),
+        after=after,
+        limit=limit,
+        kind="checkpoint of this job",
+        scope=(JobCheckpointRow.job_id == job_id,),
+    )
 
 
 def save_checkpoint(session: Session, row: JobCheckpointRow) -> JobCheckpointRow:
