@@ -71,7 +71,3 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
-
-
-def new_session(url: str | None = None) -> Session:
-    return _sessionmaker(url)()

@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     database_url: str = ""
     broker_url: str = ""
     storage_url: str = ""
-    models_dir: Path | None = None
+    # base models, one folder each; TUNERY_DATA_DIR/models unless set
+    models_dir: Path = Field(default_factory=lambda data: data["data_dir"] / "models")
     inference_url: str = "http://127.0.0.1:8001"
     queue: str = "tunery"
     allow_hub: bool = False
@@ -66,8 +67,6 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if not self.storage_url:
             self.storage_url = f"file://{self.data_dir / 'artifacts'}"
-        if self.models_dir is None:
-            self.models_dir = self.data_dir / "models"
         self.models_dir = self.models_dir.expanduser().resolve()
         return self
 
@@ -83,11 +82,6 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
-
-    @property
-    def base_models_dir(self) -> Path:
-        assert self.models_dir is not None
-        return self.models_dir
 
 
 @lru_cache

@@ -19,7 +19,6 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(
     principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    assert settings.models_dir is not None
     data = service.list_models(session, settings.models_dir, principal.project_id)
     return {"object": "list", "data": data}
 
@@ -50,13 +49,11 @@ def download_model(
     elif tuned.format == "full":
         key = tuned.artifact_key
     else:
-        assert settings.models_dir is not None
         spec = service.serving_spec(
             session, settings.models_dir, model_id, project_id=principal.project_id
         )
         key = request.app.state.inference.export_merged(spec)["artifact"]
     top = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tuned.job_id}-{format}")
-    assert settings.models_dir is not None
     readme = card_for(session, tuned, format, settings.models_dir)
     path = tarball(store, key, top, settings.cache_dir / "exports", readme=readme)
     background.add_task(path.unlink, missing_ok=True)
@@ -67,7 +64,6 @@ def download_model(
 def retrieve_model(
     principal: PrincipalDep, session: SessionDep, settings: SettingsDep, model_id: str
 ) -> dict[str, Any]:
-    assert settings.models_dir is not None
     return service.get_model(session, settings.models_dir, model_id, principal.project_id)
 
 
