@@ -18,21 +18,24 @@ run:
 	$(INSTALL) demo
 	$(BIN)/tunery serve --host $(HOST) --port $(PORT)
 
-## test: install the dev tools (and chromium for the dashboard test), then ruff, mypy and pytest
+## test: install the dev tools (and chromium for the dashboard test), then ruff, mypy, the
+## layers' import contracts and pytest
 test:
 	$(INSTALL) dev
 	bash scripts/install-browser.sh
 	@failed=""; \
 	echo "== ruff check ."; $(BIN)/ruff check . || failed="$$failed ruff"; \
 	echo "== mypy"; $(BIN)/mypy || failed="$$failed mypy"; \
+	echo "== lint-imports"; $(BIN)/lint-imports --no-logo || failed="$$failed lint-imports"; \
 	echo "== pytest"; $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || failed="$$failed pytest"; \
 	if [ -n "$$failed" ]; then echo "make test: failed:$$failed" >&2; exit 1; fi
 
-## lint: ruff and mypy only
+## lint: ruff, mypy and the layers' import contracts ([tool.importlinter] in pyproject.toml)
 lint:
 	$(INSTALL) dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 ## bench-api: job-status GET throughput against Postgres, as a ratio to bare FastAPI
 bench-api:
@@ -41,7 +44,7 @@ bench-api:
 
 ## clean: caches and build outputs (keeps .venv and the data in .tunery/)
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache test-artifacts tunery_client/build
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 
 ## distclean: clean, and remove .venv too
