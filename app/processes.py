@@ -7,12 +7,12 @@ worker and inference server of `tunery serve` (app/cli.py).
 
 - **Parent death.** A parent killed with SIGKILL cannot stop its children, so each child is
   given the parent-death signal (Linux's PR_SET_PDEATHSIG) before it runs a line of its
-  own: `spawn` starts `python -m app.processes PARENT SIGNAL -- COMMAND...`, which arms the
-  signal, exits if the parent is already gone, and execs COMMAND in the same process (same
-  pid, and the signal survives the exec). Arming it in `preexec_fn` instead would run Python
-  between fork and exec, which is unsafe in a process with threads (the supervisor has
-  them). The signal fires when the *thread* that started the child ends, so start children
-  from a thread that lives as long as they should.
+  own: `spawn` starts a bare interpreter on `ARM_THEN_EXEC`, which arms the signal, exits if
+  the parent is already gone, and execs the command in the same process (same pid; the
+  signal survives the exec). Arming it in `preexec_fn` instead would run Python between
+  fork and exec, which is unsafe in a process with threads (the supervisor has them). The
+  signal fires when the *thread* that started the child ends, so start children from a
+  thread that lives as long as they should.
 - **Groups.** A child leads a new process group, or joins a given one (the trainer's ranks
   share rank 0's), so that `terminate` reaches whatever it started in turn.
 """
@@ -33,6 +33,20 @@ from typing import Any
 PR_SET_PDEATHSIG = 1
 NEW_GROUP = 0
 CAN_ARM = sys.platform.startswith("linux")
+# What a child runs first (argv: PARENT_PID SIGNAL COMMAND...), as `arm_death_signal` does,
+# then becomes COMMAND. Inline and run with -I -S (stdlib only, no site): it costs about one
+# bare interpreter start, where importing this module with the venv's site costs several.
+ARM_THEN_EXEC = """
+import ctypes, os, sys
+parent, death_signal, command = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, death_signal, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != parent:
+    os._exit(1)
+os.execvp(command[0], command)
+"""
 
 
 def spawn(
@@ -51,15 +65,9 @@ def spawn(
     """
     argv = list(command)
     if CAN_ARM:
-        argv = [
-            sys.executable,
-            "-m",
-            "app.processes",
-            str(os.getpid()),
-            str(int(death_signal)),
-            "--",
-            *argv,
-        ]
+        parent = str(os.getpid())
+        argv = [sys.executable, "-I", "-S", "-c", ARM_THEN_EXEC, parent, str(int(death_signal))]
+        argv += command
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(log.open("ab")) if log is not None else None
         return subprocess.Popen(
@@ -73,8 +81,9 @@ def spawn(
 
 
 def arm_death_signal(parent: int, death_signal: int) -> None:
-    """In the child: get `death_signal` when the parent dies, or exit now if it already did
-    (it may have died before the signal was armed, and then the signal never comes)."""
+    """In a child: get `death_signal` when the parent dies, or exit now if it already did (it
+    may have died before the signal was armed, and then the signal never comes). For a child
+    started some other way; `spawn` does this for its own (ARM_THEN_EXEC)."""
     if CAN_ARM:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
@@ -128,16 +137,3 @@ def tail(path: Path, chars: int = 800) -> str:
     except OSError:
         return "(no output)"
     return " ".join(text[-chars:].split()) or "(no output)"
-
-
-def _main(argv: Sequence[str]) -> None:
-    """`python -m app.processes PARENT SIGNAL -- COMMAND...` (what `spawn` runs)."""
-    parent, death_signal, separator, *command = argv
-    if separator != "--" or not command:
-        sys.exit("usage: python -m app.processes PARENT_PID SIGNAL -- COMMAND...")
-    arm_death_signal(int(parent), int(death_signal))
-    os.execvp(command[0], command)
-
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])

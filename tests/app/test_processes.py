@@ -80,9 +80,9 @@ def test_a_child_dies_with_its_parent_even_when_the_parent_is_sigkilled(tmp_path
 def test_a_child_whose_parent_is_already_gone_never_runs_its_command(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
-    not_the_parent = os.getppid()  # the shim's parent is this process, not its parent
+    not_the_parent = str(os.getppid())  # the child's parent is this process, not its parent
     done = subprocess.run(
-        [sys.executable, "-m", "app.processes", str(not_the_parent), "9", "--", *command],
+        [sys.executable, "-I", "-S", "-c", processes.ARM_THEN_EXEC, not_the_parent, "9", *command],
         capture_output=True,
         timeout=60,
     )
