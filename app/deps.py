@@ -4,6 +4,10 @@ create_app() (app/main.py) wires the process's shared objects onto `app.state`; 
 functions are the only readers, each with its type, so a route declares what it uses
 (`settings: SettingsDep`) and never reads the untyped `request.app.state` itself. Tests
 swap an object by assigning the same attribute (`app.state.enqueue = sent.append`).
+
+The getters are `async def` although they never wait: FastAPI runs a plain `def`
+dependency in its thread pool, a thread hop per request that the status GET, the hot path,
+is built to avoid.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ from app.storage import ArtifactStore
 log = logging.getLogger(__name__)
 
 
-def get_sessionmaker(request: Request) -> sessionmaker[Session]:
+async def get_sessionmaker(request: Request) -> sessionmaker[Session]:
     make_session: sessionmaker[Session] = request.app.state.sessionmaker
     return make_session
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request, committed when the route returns without error."""
-    session = get_sessionmaker(request)()
+    make_session: sessionmaker[Session] = request.app.state.sessionmaker
+    session = make_session()
     try:
         yield session
         session.commit()
@@ -41,24 +46,19 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store_dep(request: Request) -> ArtifactStore:
+async def get_store_dep(request: Request) -> ArtifactStore:
     store: ArtifactStore = request.app.state.store
     return store
 
 
-def get_reads(request: Request) -> Reads:
+async def get_reads(request: Request) -> Reads:
     reads: Reads = request.app.state.reads
     return reads
-
-
-def get_keys(request: Request) -> KeyResolver:
-    keys: KeyResolver = request.app.state.keys
-    return keys
 
 
 class Enqueue:
@@ -77,11 +77,11 @@ class Enqueue:
             log.exception("could not enqueue %s %s; the reconciler will retry", self.kind, row_id)
 
 
-def get_enqueue_job(request: Request) -> Enqueue:
+async def get_enqueue_job(request: Request) -> Enqueue:
     return Enqueue(request.app.state.enqueue, "job")
 
 
-def get_enqueue_evaluation(request: Request) -> Enqueue:
+async def get_enqueue_evaluation(request: Request) -> Enqueue:
     return Enqueue(request.app.state.enqueue_evaluation, "evaluation")
 
 
@@ -96,22 +96,20 @@ EnqueueJobDep = Annotated[Enqueue, Depends(get_enqueue_job)]
 EnqueueEvaluationDep = Annotated[Enqueue, Depends(get_enqueue_evaluation)]
 
 
-def _rate_limiter(request: Request) -> RateLimiter:
-    state = request.app.state
-    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
-    if limiter is None:
-        # made on first use, from the app's settings (one bucket table per API process)
-        limiter = state.rate_limiter = RateLimiter(get_settings_dep(request).rate_limit_per_minute)
-    return limiter
-
-
 async def require_principal(request: Request) -> Principal:
     """The caller's project, from its Bearer key (401 without a valid one once keys exist).
 
     Async on purpose: keys are cached in memory, so the common case costs no thread hop.
     """
-    principal = get_keys(request).resolve(request.headers.get("authorization"))
-    _rate_limiter(request).take(principal)
+    state = request.app.state
+    keys: KeyResolver = state.keys
+    principal = keys.resolve(request.headers.get("authorization"))
+    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
+    if limiter is None:
+        # made on first use, from the app's settings (one bucket table per API process)
+        settings: Settings = state.settings
+        limiter = state.rate_limiter = RateLimiter(settings.rate_limit_per_minute)
+    limiter.take(principal)
     request.state.principal = principal
     return principal
 
