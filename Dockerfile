@@ -27,6 +27,7 @@ WORKDIR /opt/tunery
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY worker ./worker
+COPY task_plugins ./task_plugins
 COPY migrations ./migrations
 RUN pip install ".[demo,s3]" \
  && python -c "import app.cli, worker.celery_app"

@@ -1,38 +1,49 @@
 """Job rules: validation at create time, resolved hyperparameters, cancel, pause, resume,
-the files checked again when a job starts, and checkpoints."""
+the files checked again when a job starts, and checkpoints. What a worker's reports do to a
+job lives beside this, in outcomes.py."""
 
 from __future__ import annotations
 
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+import task_plugins
 from app.auth import quota_exceeded
 from app.errors import APIError, not_found
+from app.failures import Failure
 from app.files import repository as files_repo
-from app.files.formats import FORMATS_BY_TASK, inspect_file
+from app.files.formats import inspect_file
 from app.ids import new_id
 from app.jobs import repository, state
-from app.jobs.schemas import FreezeType, Hyperparameters, JobCreate, LoraType, TrainingType
+from app.jobs.schemas import Hyperparameters, JobCreate
+from app.jobs.spec import (
+    ADAPTER_TYPES,
+    FreezeType,
+    JobHyperparameters,
+    LoraType,
+    TrainingType,
+    task_problems,
+    training_type_of,
+)
+from app.jobs.spec import Hyperparameters as TrainerHyperparameters
 from app.models.registry import BaseModel, list_base_models, resolve_base_model
 from app.storage import ArtifactStore
 from app.tables import FileRow, JobCheckpointRow, JobRow
 
-# Base learning rates per (task, training type); learning_rate_multiplier scales these.
+# Base learning rates per (task, training type), from each task's plugin;
+# learning_rate_multiplier scales these.
 BASE_LEARNING_RATE = {
-    ("classification", "lora"): 5e-4,
-    ("classification", "full"): 5e-5,
-    ("classification", "freeze"): 2e-4,
-    ("causal-lm", "lora"): 2e-4,
-    ("causal-lm", "full"): 2e-5,
-    ("causal-lm", "freeze"): 1e-4,
+    (task.name, kind): rate
+    for task in task_plugins.TASKS
+    for kind, rate in task.base_learning_rates.items()
 }
 DEFAULT_N_EPOCHS = 3
-DEFAULT_BATCH_SIZE = {"classification": 16, "causal-lm": 8}
 DEFAULT_MAX_SEQ_LENGTH = 256
 DEFAULT_VALIDATION_SPLIT = 0.1
 # "auto" n_epochs (OpenAI's rule): 3 epochs, more for small files so that about 100 examples
@@ -40,32 +51,27 @@ DEFAULT_VALIDATION_SPLIT = 0.1
 MIN_TARGET_EXAMPLES = 100
 MAX_TARGET_EXAMPLES = 25_000
 MAX_AUTO_EPOCHS = 25
-# Defaults of the optional hyperparameters (docs/training.md), written onto every job.
+# Defaults of the optional hyperparameters (docs/training.md), written onto every job: the
+# trainer's own defaults (app/jobs/spec.py).
 DEFAULT_OPTIONS: dict[str, Any] = {
-    "gradient_accumulation_steps": 1,
-    "lr_scheduler": "linear",
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "eval_steps": None,
-    "checkpoint_steps": None,
-    "logging_steps": None,
-    "early_stopping": None,
-    "best_metric": "eval_loss",
-    "gradient_checkpointing": False,
-    "packing": None,
+    name: TrainerHyperparameters.model_fields[name].default
+    for name in (
+        "gradient_accumulation_steps",
+        "lr_scheduler",
+        "warmup_ratio",
+        "weight_decay",
+        "max_grad_norm",
+        "eval_steps",
+        "checkpoint_steps",
+        "logging_steps",
+        "early_stopping",
+        "best_metric",
+        "gradient_checkpointing",
+        "packing",
+    )
 }
-METRICS_BY_TASK = {
-    "classification": ("eval_loss", "accuracy", "f1", "precision", "recall"),
-    "causal-lm": ("eval_loss", "perplexity", "token_accuracy"),
-}
-ADAPTER_TYPES = ("lora", "qlora")
 # the jobs TUNERY_QUOTA_CONCURRENT_JOBS counts: every one that has not finished
 QUOTA_STATUSES = tuple(sorted(state.ACTIVE))
-FORMAT_HINT = {
-    "classification": 'rows {"text": ..., "label": ...} (or CSV with header text,label)',
-    "causal-lm": 'rows {"prompt": ..., "completion": ...} or {"messages": [...]}',
-}
 
 
 def _base_model(models_dir: Path, model_id: str) -> BaseModel:
@@ -103,11 +109,12 @@ def _checked_file(
             param=param,
             code="invalid_file",
         )
-    if row.format not in FORMATS_BY_TASK[task]:
+    plugin = task_plugins.get(task)
+    if row.format not in plugin.formats_for(task_plugins.SUPERVISED):
         raise APIError(
             400,
             f"{param} '{file_id}' is in {row.format} format, but this model does {task}, which "
-            f"needs {FORMAT_HINT[task]}.",
+            f"needs {plugin.format_hint}.",
             param=param,
             code="invalid_file_format",
         )
@@ -174,7 +181,7 @@ def _source_checkpoint(
             param="model",
             code="checkpoint_model_mismatch",
         )
-    inherited = dict(source.training_type)
+    inherited = training_type_of(source.training_type).model_dump()
     if asked is None:
         return checkpoint, inherited
     wanted = asked.model_dump()
@@ -203,14 +210,16 @@ def _source_checkpoint(
 def _resolve_hyperparameters(
     asked: Hyperparameters, task: str, training_type: str, n_train: int
 ) -> dict[str, Any]:
-    """Every hyperparameter with its value for this job ("auto" and defaults resolved)."""
+    """Every hyperparameter with its value for this job ("auto" and defaults resolved),
+    validated as the trainer will read it."""
+    plugin = task_plugins.get(task)
     multiplier = 1.0 if asked.learning_rate_multiplier == "auto" else asked.learning_rate_multiplier
-    base_lr = BASE_LEARNING_RATE[(task, "lora" if training_type == "qlora" else training_type)]
+    base_lr = plugin.base_learning_rate(training_type)
     learning_rate = asked.learning_rate if asked.learning_rate is not None else base_lr * multiplier
     validation_split = asked.validation_split or DEFAULT_VALIDATION_SPLIT
     resolved: dict[str, Any] = {
         "n_epochs": auto_n_epochs(n_train) if asked.n_epochs == "auto" else asked.n_epochs,
-        "batch_size": DEFAULT_BATCH_SIZE[task] if asked.batch_size == "auto" else asked.batch_size,
+        "batch_size": plugin.default_batch_size if asked.batch_size == "auto" else asked.batch_size,
         "learning_rate_multiplier": learning_rate / base_lr,
         "learning_rate": learning_rate,
         "max_seq_length": asked.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
@@ -229,29 +238,21 @@ def _resolve_hyperparameters(
         early = asked.early_stopping.model_dump()
         early["metric"] = early["metric"] or resolved["best_metric"]
         resolved["early_stopping"] = early
-    allowed = METRICS_BY_TASK[task]
-    early = resolved["early_stopping"]
-    for param, metric in (
-        ("best_metric", resolved["best_metric"]),
-        ("early_stopping.metric", early.get("metric") if early else None),
-    ):
-        if metric is not None and metric not in allowed:
-            raise APIError(
-                400,
-                f"hyperparameters.{param} '{metric}' is not a {task} metric; use one of "
-                f"{', '.join(allowed)}.",
-                param=f"hyperparameters.{param}",
-            )
-    if task == "causal-lm":
-        resolved["train_on_inputs"] = bool(given.get("train_on_inputs") or False)
-    elif given.get("train_on_inputs"):
-        raise APIError(
-            400,
-            "hyperparameters.train_on_inputs applies to causal-lm jobs; a classification job "
-            "always learns the label only. Leave it out.",
-            param="hyperparameters.train_on_inputs",
-        )
-    return resolved
+    # the hyperparameters only some tasks take: this task's get their value or default,
+    # the others' are checked below (given to a task that does not take them: refused)
+    for name, default in plugin.hyperparameters.items():
+        value = given.get(name)
+        resolved[name] = default if value is None else value
+    for name in {n for t in task_plugins.TASKS for n in t.hyperparameters} - set(resolved):
+        value = given.get(name)
+        if value is not None and value != TrainerHyperparameters.model_fields[name].default:
+            resolved[name] = value
+    checked = JobHyperparameters.model_validate(resolved)
+    for problem in task_problems(task, checked):
+        param = "hyperparameters." + ".".join(problem.path)
+        raise APIError(400, f"{param} {problem.message}", param=param)
+    # exactly what the trainer parses: the values as validated, the keys as resolved
+    return checked.model_dump(exclude_unset=True)
 
 
 def _check_job_quota(session: Session, project_id: str, quota: int | None) -> None:
@@ -415,12 +416,20 @@ def resume_job(session: Session, job_id: str, project_id: str) -> JobRow:
     return row
 
 
-def check_files_again(session: Session, store: ArtifactStore, row: JobRow) -> dict[str, Any] | None:
-    """The job's files, validated again as the job starts; the error to fail it with, or None.
+@dataclass(frozen=True)
+class JobFile:
+    """One of a job's files, as the worker fetches and checks it."""
 
-    An upload was checked when it arrived; this catches a file deleted since, a stored copy
-    that changed, and rules added to the validator after the upload.
-    """
+    param: str  # "training_file" or "validation_file"
+    file_id: str
+    storage_key: str
+    filename: str
+
+
+def job_files(session: Session, row: JobRow) -> list[JobFile]:
+    """The job's files as they are stored now; raises Failure("file_not_found") for one
+    deleted since the job was created."""
+    files = []
     for param, file_id in (
         ("training_file", row.training_file),
         ("validation_file", row.validation_file),
@@ -429,37 +438,48 @@ def check_files_again(session: Session, store: ArtifactStore, row: JobRow) -> di
             continue
         file_row = files_repo.get(session, file_id, row.project_id)
         if file_row is None:
-            return {
-                "code": "file_not_found",
-                "message": f"{param} {file_id} was deleted before the job started; upload it "
-                "again and create a new job.",
-                "param": param,
-            }
+            raise Failure(
+                "file_not_found",
+                f"{param} {file_id} was deleted before the job started; upload it again and "
+                "create a new job.",
+                param,
+            )
+        files.append(JobFile(param, file_id, file_row.storage_key, file_row.filename))
+    return files
+
+
+def check_files_again(store: ArtifactStore, task: str, files: list[JobFile]) -> None:
+    """The job's files, validated again as the job starts (no session held: the store may be
+    remote); raises the Failure to fail the job with.
+
+    An upload was checked when it arrived; this catches a stored copy that changed, and
+    rules added to the validator after the upload.
+    """
+    plugin = task_plugins.get(task)
+    for file in files:
+        what = f"{file.param} {file.file_id} ({file.filename})"
         try:
-            report = inspect_file(store.local_file(file_row.storage_key), file_row.filename)
+            report = inspect_file(store.local_file(file.storage_key), file.filename)
         except OSError as exc:
-            return {
-                "code": "file_unreadable",
-                "message": f"{param} {file_id} ({file_row.filename}) cannot be read from the "
-                f"artifact store: {exc}. Upload it again and create a new job.",
-                "param": param,
-            }
+            raise Failure(
+                "file_unreadable",
+                f"{what} cannot be read from the artifact store: {exc}. Upload it again and "
+                "create a new job.",
+                file.param,
+            ) from exc
         if not report.ok:
-            return {
-                "code": "invalid_file",
-                "message": f"{param} {file_id} ({file_row.filename}) failed validation when the "
-                f"job started: {report.status_details} Fix the file, upload it again and create "
-                "a new job.",
-                "param": param,
-            }
-        if report.format not in FORMATS_BY_TASK[row.task]:
-            return {
-                "code": "invalid_file_format",
-                "message": f"{param} {file_id} ({file_row.filename}) is in {report.format} "
-                f"format; a {row.task} job needs {FORMAT_HINT[row.task]}.",
-                "param": param,
-            }
-    return None
+            raise Failure(
+                "invalid_file",
+                f"{what} failed validation when the job started: {report.status_details} Fix "
+                "the file, upload it again and create a new job.",
+                file.param,
+            )
+        if report.format not in plugin.formats_for(task_plugins.SUPERVISED):
+            raise Failure(
+                "invalid_file_format",
+                f"{what} is in {report.format} format; a {task} job needs {plugin.format_hint}.",
+                file.param,
+            )
 
 
 def get_checkpoint(

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+import task_plugins
 from app.files.formats import (
-    FORMATS_BY_TASK,
     LONG_EXAMPLE_TOKENS,
     DatasetError,
     FileReport,
@@ -135,7 +135,7 @@ def test_formats_by_task() -> None:
     assert {
         "classification": {"classification"},
         "causal-lm": {"prompt-completion", "chat"},
-    } == FORMATS_BY_TASK
+    } == {task.name: set(task.formats_for()) for task in task_plugins.TASKS}
 
 
 def test_formats_module_does_not_import_torch() -> None:

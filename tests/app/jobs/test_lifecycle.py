@@ -325,10 +325,3 @@ def test_from_checkpoint_starts_a_job_from_another_jobs_weights(api: Api) -> Non
     assert other_base.status_code == 400
     assert other_base.json()["error"]["code"] == "checkpoint_model_mismatch"
     assert "set model to tiny-bert" in other_base.json()["error"]["message"]
-
-
-def test_the_api_and_the_trainer_agree_on_the_metrics() -> None:
-    from worker.training import spec
-
-    assert service.METRICS_BY_TASK == spec.METRICS_BY_TASK
-    assert set(service.ADAPTER_TYPES) == spec.ADAPTER_TYPES
