@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PARENT_PID_ENV = "TUNERY_SUPERVISOR_PID"
@@ -59,7 +59,6 @@ class TrainerGroup:
     procs: list[subprocess.Popen[bytes]]
     logs: list[Path]
     failed_at: float | None = None
-    exit_codes: list[int | None] = field(default_factory=list)
     returncode: int | None = None
 
     @property
@@ -76,7 +75,6 @@ class TrainerGroup:
         if self.returncode is not None:
             return self.returncode
         codes = [proc.poll() for proc in self.procs]
-        self.exit_codes = codes
         if codes[0] is not None:
             self.terminate()
             self.returncode = (
@@ -112,7 +110,6 @@ class TrainerGroup:
                     os.killpg(self.pgid, signal.SIGKILL)
         for proc in self.procs:
             proc.wait()
-        self.exit_codes = [proc.returncode for proc in self.procs]
 
     def alive(self) -> bool:
         return any(proc.poll() is None for proc in self.procs)
