@@ -216,6 +216,14 @@ def _resolve_hyperparameters(
     multiplier = 1.0 if asked.learning_rate_multiplier == "auto" else asked.learning_rate_multiplier
     base_lr = plugin.base_learning_rate(training_type)
     learning_rate = asked.learning_rate if asked.learning_rate is not None else base_lr * multiplier
+    if learning_rate <= 0:
+        # a multiplier so small that the product underflows: nothing would train
+        raise APIError(
+            400,
+            f"hyperparameters.learning_rate_multiplier {multiplier:g} times the base learning "
+            f"rate {base_lr:g} is 0 in floating point; use a multiplier of at least 1e-300.",
+            param="hyperparameters.learning_rate_multiplier",
+        )
     validation_split = asked.validation_split or DEFAULT_VALIDATION_SPLIT
     resolved: dict[str, Any] = {
         "n_epochs": auto_n_epochs(n_train) if asked.n_epochs == "auto" else asked.n_epochs,

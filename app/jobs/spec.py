@@ -274,6 +274,11 @@ def _task_only_hyperparameters() -> list[str]:
     return list(dict.fromkeys(name for t in task_plugins.TASKS for name in t.hyperparameters))
 
 
+def dump_spec(spec: TrainSpec) -> str:
+    """The spec file the supervisor writes and parse_spec reads back (floats exactly)."""
+    return spec.model_dump_json(indent=2)
+
+
 def parse_spec(raw: dict[str, Any] | TrainSpec) -> TrainSpec:
     """The trainer's spec, validated; raises Failure("invalid_spec") naming the field."""
     if isinstance(raw, TrainSpec):

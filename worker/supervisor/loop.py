@@ -3,7 +3,6 @@ database, keep the lease, enforce cancel and pause, ride out a database outage."
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import database_unavailable
+from app.jobs.spec import dump_spec
 from app.settings import Settings
 from app.storage import ArtifactStore
 from worker.supervisor.devices import oom_kills
@@ -39,7 +39,7 @@ class Ended:
 
 def start_trainer(attempt: Attempt, settings: Settings) -> TrainerGroup:
     spec_path = attempt.work / "spec.json"
-    spec_path.write_text(json.dumps(attempt.spec.model_dump(mode="json"), indent=2))
+    spec_path.write_text(dump_spec(attempt.spec))
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["HF_HUB_OFFLINE"] = "0" if settings.allow_hub else "1"

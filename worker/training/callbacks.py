@@ -125,11 +125,7 @@ class EventCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self.events.emit(
-            Eval(
-                step=state.global_step,
-                epoch=state.epoch,
-                **eval_fields(metrics or {}, self.task),
-            )
+            Eval.of(state.global_step, state.epoch, eval_fields(metrics or {}, self.task))
         )
 
 

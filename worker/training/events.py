@@ -71,9 +71,10 @@ class Eval(_Event):
     epoch: float | None
     eval_loss: float | None = None
 
-    def figures(self) -> dict[str, Any]:
-        """The evaluation's fields without type, step and epoch."""
-        return {k: v for k, v in self.wire().items() if k not in ("type", "step", "epoch")}
+    @classmethod
+    def of(cls, step: int, epoch: float | None, figures: dict[str, Any]) -> Eval:
+        """An evaluation with its figures (eval_loss and the task's own)."""
+        return cls.model_validate({"step": step, "epoch": epoch, **figures})
 
 
 class Checkpoint(_Event):

@@ -135,20 +135,10 @@ def apply_recipe(
 
 
 def _lora(model: PreTrainedModel, task: str, training_type: LoraType) -> PeftModel:
-    target: str | list[str] | None = training_type.target_modules
-    if (
-        target is None
-        and model.config.model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-    ):
-        # peft knows no default for this architecture: adapt every linear layer but the head.
-        target = "all-linear"
-    config = LoraConfig(
-        task_type=trainer_for(task).peft_task_type,
-        r=training_type.r,
-        # a float, as the job gave it: peft scales by lora_alpha / r
-        lora_alpha=training_type.alpha,  # type: ignore[arg-type]
-        lora_dropout=training_type.dropout,
-        target_modules=target,
+    config = lora_config(
+        training_type,
+        task,
+        str(model.config.model_type),
         # GPT-2 style Conv1D layers store their weight transposed.
         fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
     )
@@ -161,6 +151,25 @@ def _lora(model: PreTrainedModel, task: str, training_type: LoraType) -> PeftMod
         raise Failure(
             "invalid_training_type", f"cannot apply LoRA: {exc}", "training_type"
         ) from exc
+
+
+def lora_config(
+    training_type: LoraType, task: str, model_type: str, fan_in_fan_out: bool = False
+) -> LoraConfig:
+    """peft's LoraConfig for the job's training type, its values as the job gave them."""
+    target: str | list[str] | None = training_type.target_modules
+    if target is None and model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        # peft knows no default for this architecture: adapt every linear layer but the head.
+        target = "all-linear"
+    return LoraConfig(
+        task_type=trainer_for(task).peft_task_type,
+        r=training_type.r,
+        # a float, as the job gave it: peft scales by lora_alpha / r
+        lora_alpha=training_type.alpha,  # type: ignore[arg-type]
+        lora_dropout=training_type.dropout,
+        target_modules=target,
+        fan_in_fan_out=fan_in_fan_out,
+    )
 
 
 def _continue_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
