@@ -307,7 +307,7 @@ def test_long_examples_are_counted_with_their_lines(tmp_path: Path) -> None:
 
 
 def test_long_example_threshold_is_the_default_max_seq_length() -> None:
-    from app.jobs.service import DEFAULT_MAX_SEQ_LENGTH
+    from app.jobs.hyperparameters import DEFAULT_MAX_SEQ_LENGTH
 
     assert LONG_EXAMPLE_TOKENS == DEFAULT_MAX_SEQ_LENGTH
 

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 import task_plugins
 from app.errors import APIError
 from app.failures import Failure
-from app.jobs import schemas, service
+from app.jobs import hyperparameters, schemas
 from app.jobs.spec import (
     TrainingType,
     TrainSpec,
@@ -91,7 +91,7 @@ def test_what_the_api_accepts_the_trainer_trains_with(
         raise
     stored_type = kind.model_dump()
     try:
-        resolved = service._resolve_hyperparameters(request, task, kind.type, n_train)
+        resolved = hyperparameters.resolve_hyperparameters(request, task, kind.type, n_train)
     except APIError as refusal:
         # refused for this task: the trainer, given the same values, refuses them alike
         given_values = {
