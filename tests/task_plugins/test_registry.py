@@ -31,6 +31,20 @@ def test_the_api_side_of_every_task_imports_without_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_task_packages_import_neither_the_service_nor_torch() -> None:
+    # a leaf both sides import: its torch-free modules depend on nothing of Tunery's
+    code = (
+        "import sys, task_plugins, task_plugins.causal_lm.formats, "
+        "task_plugins.text_classification.formats\n"
+        "heavy = {'torch', 'transformers', 'peft', 'numpy', 'app', 'worker'} & set(sys.modules)\n"
+        "sys.exit(f'imported {sorted(heavy)}' if heavy else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     ("config", "task"),
     [
