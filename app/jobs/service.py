@@ -346,7 +346,7 @@ def job_files(session: Session, row: JobRow) -> list[JobFile]:
         if file_row is None:
             raise Failure(
                 "file_not_found",
-                f"{param} {file_id} was deleted before the job started; upload it again and "
+                f"{param} {file_id} was deleted after the job was created; upload it again and "
                 "create a new job.",
                 param,
             )

@@ -89,9 +89,14 @@ class CausalLmTrainer(TaskTrainer):
         return model
 
     def collator(
-        self, spec: TrainSpec, model: nn.Module, processor: Any, train_set: Encoded, cuda: bool,
+        self,
+        spec: TrainSpec,
+        model: nn.Module,
+        processor: Any,
+        train_set: Encoded,
+        cuda: bool,
         note: Note,
-    ) -> Callable[[list[dict[str, Any]]], Any]:  # fmt: skip
+    ) -> Callable[[list[dict[str, Any]]], Any]:
         if _use_packing(spec, model, train_set, cuda, note):
             return packing_collator()
         return PadCollator(int(processor.pad_token_id))

@@ -79,9 +79,14 @@ class TaskTrainer(ABC):
         """The base with the task's head, in float32; `extra` goes to from_pretrained."""
 
     def collator(
-        self, spec: TrainSpec, model: nn.Module, processor: Any, train_set: Encoded, cuda: bool,
+        self,
+        spec: TrainSpec,
+        model: nn.Module,
+        processor: Any,
+        train_set: Encoded,
+        cuda: bool,
         note: Note,
-    ) -> Callable[[list[dict[str, Any]]], Any]:  # fmt: skip
+    ) -> Callable[[list[dict[str, Any]]], Any]:
         tokenizer: PreTrainedTokenizerBase = processor
         return PadCollator(int(tokenizer.pad_token_id))
 
