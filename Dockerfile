@@ -28,6 +28,7 @@ COPY pyproject.toml README.md ./
 COPY tunery_client ./tunery_client
 COPY app ./app
 COPY worker ./worker
+COPY task_plugins ./task_plugins
 COPY migrations ./migrations
 # the client first in the same call: the server requires tunery-client, found in the folder
 RUN pip install ./tunery_client ".[demo,s3]" \

@@ -7,19 +7,14 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+import task_plugins
 from app.errors import APIError, not_found
 from app.evaluations import repository
 from app.evaluations.schemas import EvaluationCreate
 from app.files import repository as files_repo
-from app.files.formats import FORMATS_BY_TASK
 from app.ids import new_id
 from app.models.service import serving_spec
 from app.tables import EvaluationRow
-
-FORMAT_HINT = {
-    "classification": 'rows {"text": ..., "label": ...}',
-    "causal-lm": 'rows {"prompt": ..., "completion": ...} or {"messages": [...]}',
-}
 
 
 def create(
@@ -62,11 +57,12 @@ def create(
             param="file",
             code="invalid_file",
         )
-    if file.format not in FORMATS_BY_TASK[task]:
+    plugin = task_plugins.get(task)
+    if file.format not in plugin.formats_for(task_plugins.SUPERVISED):
         raise APIError(
             400,
             f"file '{body.file}' is in {file.format} format, but {body.model} does {task}, "
-            f"which is scored on {FORMAT_HINT[task]}.",
+            f"which is scored on {plugin.format_hint}.",
             param="file",
             code="invalid_file_format",
         )

@@ -3,6 +3,8 @@
 Torch-free on purpose: the API imports this to check uploads, the trainer to read them.
 Files are streamed line by line (a file may be gigabytes, a line megabytes), and every
 problem is reported with the file's real line number so a user can fix it in an editor.
+The formats themselves (their keys, their row checks) belong to the task packages
+(task_plugins/*/formats.py); this module reads any of them.
 """
 
 from __future__ import annotations
@@ -15,47 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-CLASSIFICATION = "classification"
-PROMPT_COMPLETION = "prompt-completion"
-CHAT = "chat"
+import task_plugins
+from task_plugins.base import RowFormat
+from task_plugins.rows import json_type
 
-# The exact keys (JSONL) or header columns (CSV) of each format.
-FORMAT_KEYS: dict[str, frozenset[str]] = {
-    CLASSIFICATION: frozenset({"text", "label"}),
-    PROMPT_COMPLETION: frozenset({"prompt", "completion"}),
-    CHAT: frozenset({"messages"}),
-}
-FORMATS_BY_TASK: dict[str, set[str]] = {
-    "classification": {CLASSIFICATION},
-    "causal-lm": {PROMPT_COMPLETION, CHAT},
-}
-CHAT_ROLES = ("system", "user", "assistant")
-# The keys OpenAI documents for a chat training message. `name` is accepted and not trained
-# on; `weight` (assistant messages only) says whether to learn from that message.
-CHAT_MESSAGE_KEYS = ("role", "content", "name", "weight")
-# What OpenAI's format has for tool calling, which Tunery does not train.
-_TOOL_ROLES = ("tool", "function")
-_TOOL_MESSAGE_KEYS = frozenset({"tool_calls", "function_call", "tool_call_id"})
-_TOOL_ROW_KEYS = frozenset({"tools", "functions", "parallel_tool_calls"})
-_TOOLS_UNSUPPORTED = (
-    "tool and function calling is not supported: Tunery fine-tunes on the text of system, "
-    "user and assistant messages"
-)
 MAX_ERRORS = 20
 # Examples estimated longer than this many tokens are reported: it is the default
 # max_seq_length of a job (app/jobs/service.py), beyond which training truncates them.
 LONG_EXAMPLE_TOKENS = 256
-# A rough, tokenizer-free estimate (OpenAI's rule of thumb for English), plus a few tokens
-# per chat message for the role header and end-of-turn marker.
+# A rough, tokenizer-free estimate (OpenAI's rule of thumb for English), plus what a format
+# adds per row (a few tokens per chat message for the role header and end-of-turn marker).
 CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
 MAX_LONG_LINES = 20
 # Python's csv refuses fields over 128 KiB by default; a single row may legitimately be
 # megabytes (long documents), so the limit is only ever raised, never lowered.
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024
 _SNIFF_BYTES = 64 * 1024
 _BOM = b"\xef\xbb\xbf"
-_EXPECTED_KEYS = '{"text", "label"}, {"prompt", "completion"} or {"messages"}'
 
 
 class DatasetError(Exception):
@@ -82,7 +60,7 @@ class FileReport:
 class _Scan:
     """What one pass over a file found."""
 
-    format: str | None = None
+    row_format: RowFormat | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     n_rows: int = 0
     n_errors: int = 0
@@ -94,6 +72,10 @@ class _Scan:
     max_tokens: int = 0
     long_lines: list[int] = field(default_factory=list)
     n_long: int = 0
+
+    @property
+    def format(self) -> str | None:
+        return self.row_format.name if self.row_format else None
 
     def error(self, line: int, message: str, max_errors: int) -> None:
         self.n_errors += 1
@@ -113,7 +95,12 @@ def inspect_file(
 
     A file with fewer than `min_examples` rows (valid or not) fails as a whole (line 0).
     Rows estimated over `long_example_tokens` tokens are counted in `stats["long_examples"]`.
+    A kind of file that is not rows (a task's FileKind) inspects itself.
     """
+    kind = _file_kind(path, filename)
+    if kind is not None:
+        report: FileReport = kind.inspect(path, filename, max_errors, min_examples)
+        return report
     scan = _scan(
         path,
         filename,
@@ -144,7 +131,7 @@ def inspect_file(
             "lines": scan.long_lines,
         },
     }
-    if scan.format == CLASSIFICATION:
+    if scan.row_format is not None and scan.row_format.label_key is not None:
         stats["labels"] = dict(sorted(scan.labels.items()))
     ok = not scan.errors and scan.n_rows >= 1
     details = None if ok else _summary(scan.errors, scan.n_errors)
@@ -152,13 +139,18 @@ def inspect_file(
 
 
 def read_examples(path: Path, filename: str) -> tuple[str, list[dict[str, Any]]]:
-    """Return (format, rows) for training; classification labels become strings."""
+    """Return (format, rows) for training, each row as its format normalizes it
+    (classification labels become strings)."""
+    kind = _file_kind(path, filename)
+    if kind is not None:
+        return kind.read(path, filename)
     scan = _scan(path, filename, max_errors=MAX_ERRORS, keep_rows=True)
     if scan.errors:
         raise DatasetError(scan.errors)
-    if scan.format is None or not scan.rows:
+    name = scan.format
+    if name is None or not scan.rows:
         raise DatasetError([{"line": 0, "message": "the file has no rows"}])
-    return scan.format, scan.rows
+    return name, scan.rows
 
 
 def long_examples_warning(stats: dict[str, Any]) -> str | None:
@@ -177,11 +169,17 @@ def long_examples_warning(stats: dict[str, Any]) -> str | None:
     )
 
 
-def estimate_tokens(row: dict[str, Any]) -> int:
+def estimate_tokens(row: dict[str, Any], row_format: RowFormat) -> int:
     """A tokenizer-free estimate of a valid row's length in tokens."""
-    chars = _row_chars(row)
-    overhead = TOKENS_PER_MESSAGE * len(row["messages"]) if "messages" in row else 0
-    return -(-chars // CHARS_PER_TOKEN) + overhead
+    return -(-row_format.chars(row) // CHARS_PER_TOKEN) + row_format.token_overhead(row)
+
+
+def _file_kind(path: Path, filename: str) -> Any:
+    for task in task_plugins.TASKS:
+        for kind in task.file_kinds:
+            if kind.claims(path, filename):
+                return kind
+    return None
 
 
 def _scan(
@@ -209,26 +207,20 @@ def _scan(
                 scan.error(line, problem, max_errors)
                 continue
             scan.n_rows += 1
-            chars = _row_chars(row)
+            row_format = scan.row_format
+            assert row_format is not None  # a row without problems set the file's format
+            chars = row_format.chars(row)
             scan.max_chars = max(scan.max_chars, chars)
             scan.total_chars += chars
-            tokens = estimate_tokens(row)
+            tokens = estimate_tokens(row, row_format)
             scan.max_tokens = max(scan.max_tokens, tokens)
             if tokens > long_example_tokens:
                 scan.n_long += 1
                 if len(scan.long_lines) < MAX_LONG_LINES:
                     scan.long_lines.append(line)
-            if scan.format == CLASSIFICATION:
-                row = {"text": row["text"], "label": str(row["label"])}
-                scan.labels[row["label"]] += 1
-            elif scan.format == CHAT:
-                # what the trainer renders: name is not trained on, weight is always 1 here
-                row = {
-                    "messages": [
-                        {"role": message["role"], "content": message["content"]}
-                        for message in row["messages"]
-                    ]
-                }
+            row = row_format.normalize(row)
+            if row_format.label_key is not None:
+                scan.labels[row[row_format.label_key]] += 1
             if keep_rows:
                 scan.rows.append(row)
     if scan.n_rows == 0 and not scan.errors:
@@ -330,7 +322,7 @@ def _csv_records(lines: _Lines, scan: _Scan, max_errors: int) -> Iterator[tuple[
             if problem:
                 scan.error(start, problem, max_errors)
                 return
-            scan.format = _format_of_keys(set(header))
+            scan.row_format = _format_of_keys(set(header))
             continue
         if len(record) != len(header):
             scan.error(
@@ -346,158 +338,73 @@ def _check_header(header: list[str]) -> str | None:
     columns = set(header)
     if len(columns) != len(header):
         return f"the CSV header repeats a column: {','.join(header)}"
-    if "messages" in columns:
-        return "the chat format (messages) is supported in JSONL files only, not CSV"
-    fmt = _format_of_keys(columns)
-    if fmt is None:
+    for jsonl_only in task_plugins.row_formats():
+        if not jsonl_only.csv and jsonl_only.keys <= columns:
+            return (
+                f"the {jsonl_only.name} format ({', '.join(jsonl_only.columns)}) is supported "
+                "in JSONL files only, not CSV"
+            )
+    row_format = _format_of_keys(columns)
+    if row_format is None:
         hint = ""
         if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
             hint = "; columns must be separated by commas"
-        return (
-            f"the CSV header must be 'text,label' or 'prompt,completion', got '{','.join(header)}'"
-            f"{hint}"
+        expected = " or ".join(
+            f"'{','.join(f.columns)}'" for f in task_plugins.row_formats() if f.csv
         )
-    extra = columns - FORMAT_KEYS[fmt]
+        return f"the CSV header must be {expected}, got '{','.join(header)}'{hint}"
+    extra = columns - row_format.keys
     if extra:
         return (
-            f"unexpected CSV column(s) {', '.join(sorted(extra))}: a {fmt} file has exactly "
-            f"the columns {','.join(sorted(FORMAT_KEYS[fmt]))}"
+            f"unexpected CSV column(s) {', '.join(sorted(extra))}: a {row_format.name} file has "
+            f"exactly the columns {','.join(sorted(row_format.keys))}"
         )
     return None
 
 
-def _format_of_keys(keys: set[str]) -> str | None:
+def _format_of_keys(keys: set[str]) -> RowFormat | None:
     """The one format whose keys are all present (extra keys are reported by the row check)."""
-    matches = [fmt for fmt, required in FORMAT_KEYS.items() if required <= keys]
+    matches = [f for f in task_plugins.row_formats() if f.keys <= keys]
     return matches[0] if len(matches) == 1 else None
+
+
+def _expected_keys() -> str:
+    """'{"text", "label"}, {"prompt", "completion"} or {"messages"}'"""
+    shown = [
+        "{" + ", ".join(f'"{key}"' for key in f.columns) + "}" for f in task_plugins.row_formats()
+    ]
+    return " or ".join([", ".join(shown[:-1]), shown[-1]]) if len(shown) > 1 else shown[0]
 
 
 def _check_row(row: Any, scan: _Scan, line: int) -> str | None:
     """Return the first problem of a row, detecting the file's format from its first row."""
     if not isinstance(row, dict):
-        return f"each line must be a JSON object with keys {_EXPECTED_KEYS}, got {_json_type(row)}"
-    fmt = _format_of_keys(set(row))
-    if fmt is None:
-        if sum(required <= set(row) for required in FORMAT_KEYS.values()) > 1:
-            return f"the row mixes the keys of several formats; expected {_EXPECTED_KEYS}"
+        return f"each line must be a JSON object with keys {_expected_keys()}, got {json_type(row)}"
+    row_format = _format_of_keys(set(row))
+    if row_format is None:
+        if sum(f.keys <= set(row) for f in task_plugins.row_formats()) > 1:
+            return f"the row mixes the keys of several formats; expected {_expected_keys()}"
         keys = ", ".join(sorted(row)) or "none"
-        return f"the row's keys ({keys}) match no format; expected {_EXPECTED_KEYS}"
-    if scan.format is None:
-        scan.format = fmt
-    elif fmt != scan.format:
-        return f"this row is in the {fmt} format but the file is {scan.format} (from its first row)"
-    extra = set(row) - FORMAT_KEYS[fmt]
-    if fmt == CHAT and extra & _TOOL_ROW_KEYS:
-        keys = ", ".join(sorted(extra & _TOOL_ROW_KEYS))
-        return f"unexpected key(s) {keys}: {_TOOLS_UNSUPPORTED}; remove them"
-    if extra:
-        allowed = ", ".join(sorted(FORMAT_KEYS[fmt]))
-        return f"unexpected key(s) {', '.join(sorted(extra))}: a {fmt} row has exactly {allowed}"
-    if fmt == CLASSIFICATION:
-        return _check_text(row, "text") or _check_label(row["label"])
-    if fmt == PROMPT_COMPLETION:
-        return _check_text(row, "prompt") or _check_text(row, "completion")
-    return _check_messages(row["messages"])
-
-
-def _check_text(row: dict[str, Any], key: str) -> str | None:
-    value = row[key]
-    if not isinstance(value, str):
-        return f"'{key}' must be a string, got {_json_type(value)}"
-    if not value.strip():
-        return f"'{key}' is empty"
-    return None
-
-
-def _check_label(label: Any) -> str | None:
-    # bool is an int in Python but true/false is almost always a mistake for a class name.
-    if isinstance(label, bool) or not isinstance(label, str | int):
-        return f"'label' must be a string or an integer, got {_json_type(label)}"
-    if isinstance(label, str) and not label.strip():
-        return "'label' is empty"
-    return None
-
-
-def _check_messages(messages: Any) -> str | None:
-    """The checks OpenAI documents for a chat example, first problem first."""
-    if not isinstance(messages, list) or not messages:
-        return f"'messages' must be a non-empty list, got {_json_type(messages)}"
-    for index, message in enumerate(messages):
-        problem = _check_message(message, f"messages[{index}]")
+        return f"the row's keys ({keys}) match no format; expected {_expected_keys()}"
+    if scan.row_format is None:
+        scan.row_format = row_format
+    elif row_format.name != scan.row_format.name:
+        return (
+            f"this row is in the {row_format.name} format but the file is {scan.format} "
+            "(from its first row)"
+        )
+    extra = set(row) - row_format.keys
+    if extra and row_format.extra_keys_problem is not None:
+        problem = row_format.extra_keys_problem(extra)
         if problem:
             return problem
-    if not any(message["role"] == "assistant" for message in messages):
-        return "'messages' has no assistant message: nothing to learn from"
-    return None
-
-
-def _check_message(message: Any, where: str) -> str | None:
-    if not isinstance(message, dict):
-        return f"{where} must be an object with 'role' and 'content', got {_json_type(message)}"
-    tool_keys = set(message) & _TOOL_MESSAGE_KEYS
-    if tool_keys:
-        return f"{where} has {', '.join(sorted(tool_keys))}: {_TOOLS_UNSUPPORTED}"
-    unknown = set(message) - set(CHAT_MESSAGE_KEYS)
-    if unknown:
+    if extra:
+        allowed = ", ".join(sorted(row_format.keys))
         return (
-            f"{where} has unknown key(s) {', '.join(sorted(unknown))}; a message may only have "
-            f"{', '.join(CHAT_MESSAGE_KEYS)}"
+            f"unexpected key(s) {', '.join(sorted(extra))}: a {row_format.name} row has "
+            f"exactly {allowed}"
         )
-    for key in ("role", "content"):
-        if key not in message:
-            return f"{where} has no '{key}'"
-    role = message["role"]
-    if role in _TOOL_ROLES:
-        return f"{where}.role is {role!r}: {_TOOLS_UNSUPPORTED}; remove that message"
-    if role not in CHAT_ROLES:
-        return f"{where}.role must be one of {', '.join(CHAT_ROLES)}, got {role!r}"
-    content = message["content"]
-    if not isinstance(content, str):
-        hint = "; content parts (a list) are not supported" if isinstance(content, list) else ""
-        return f"{where}.content must be a string, got {_json_type(content)}{hint}"
-    if not content:
-        return f"{where}.content is empty"
-    if "name" in message and (not isinstance(message["name"], str) or not message["name"]):
-        return f"{where}.name must be a non-empty string, got {_json_type(message['name'])}"
-    if "weight" in message:
-        return _check_weight(message["weight"], role, where)
-    return None
-
-
-def _check_weight(weight: Any, role: str, where: str) -> str | None:
-    if role != "assistant":
-        return f"{where}.weight is only allowed on assistant messages"
-    if isinstance(weight, bool) or weight not in (0, 1):
-        return f"{where}.weight must be 0 or 1, got {json.dumps(weight)}"
-    if weight == 0:
-        # the trainer learns from every assistant message; skipping one is not wired yet
-        return (
-            f"{where}.weight 0 is not supported yet: every assistant message is trained on; "
-            "remove the weight (or the message)"
-        )
-    return None
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an empty list" if not value else "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _row_chars(row: dict[str, Any]) -> int:
-    if "messages" in row:
-        return sum(len(message["content"]) for message in row["messages"])
-    return sum(len(value) for key, value in row.items() if key != "label")
+    return row_format.check(row)
 
 
 def _summary(errors: list[dict[str, Any]], total: int | None = None) -> str:

@@ -4,58 +4,56 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from app.jobs.spec import (
+    AccumulationSteps,
+    BatchSize,
+    EarlyStopping,
+    LearningRate,
+    LearningRateMultiplier,
+    LrScheduler,
+    MaxGradNorm,
+    MaxSeqLength,
+    MetricName,
+    NEpochs,
+    Seed,
+    Steps,
+    Strict,
+    TrainingType,
+    ValidationSplit,
+    WarmupRatio,
+    WeightDecay,
+)
 from app.tables import JobCheckpointRow, JobRow
 
 Auto = Literal["auto"]
 
 
-class Strict(BaseModel):
-    # unknown fields are refused, and so are values of the wrong JSON type: "3" is no
-    # epoch count and true no batch size (lax pydantic would coerce both)
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-LrScheduler = Literal["linear", "cosine", "constant"]
-MetricName = Literal[
-    "eval_loss", "accuracy", "f1", "precision", "recall", "perplexity", "token_accuracy"
-]
-
-
-class EarlyStopping(Strict):
-    """Stop when `metric` has not improved by more than `min_delta` for `patience` evaluations."""
-
-    patience: Annotated[int, Field(ge=1, le=100)] = 3
-    # default: the job's best_metric
-    metric: MetricName | None = None
-    min_delta: Annotated[float, Field(ge=0, le=1000)] = 0.0
-
-
 class Hyperparameters(Strict):
-    n_epochs: Annotated[int, Field(ge=1, le=100)] | Auto = "auto"
-    batch_size: Annotated[int, Field(ge=1, le=1024)] | Auto = "auto"
-    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = None
-    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = "auto"
-    max_seq_length: Annotated[int, Field(ge=8, le=32768)] | None = None
-    validation_split: Annotated[float, Field(gt=0, le=0.5)] | None = None
-    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """A request's hyperparameters: the spec's types (app/jobs/spec.py), each "auto" or left
+    out where the job's task picks the value."""
+
+    n_epochs: NEpochs | Auto = "auto"
+    batch_size: BatchSize | Auto = "auto"
+    learning_rate: LearningRate | None = None
+    learning_rate_multiplier: LearningRateMultiplier | Auto = "auto"
+    max_seq_length: MaxSeqLength | None = None
+    validation_split: ValidationSplit | None = None
+    gradient_accumulation_steps: AccumulationSteps | None = None
     lr_scheduler: LrScheduler | None = None
-    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] | None = None
-    weight_decay: Annotated[float, Field(ge=0, le=1)] | None = None
-    # 0 turns gradient clipping off
-    max_grad_norm: Annotated[float, Field(ge=0, le=1000)] | None = None
+    warmup_ratio: WarmupRatio | None = None
+    weight_decay: WeightDecay | None = None
+    max_grad_norm: MaxGradNorm | None = None
     # evaluate every N steps; None or "epoch": at every epoch end
-    eval_steps: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["epoch"] | None = None
-    # also checkpoint every N steps (epoch ends and evaluations always checkpoint)
-    checkpoint_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    logging_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    eval_steps: Steps | Literal["epoch"] | None = None
+    checkpoint_steps: Steps | None = None
+    logging_steps: Steps | None = None
     early_stopping: EarlyStopping | None = None
     best_metric: MetricName | None = None
-    # causal LM: also take the loss on prompts / system and user turns
     train_on_inputs: bool | None = None
     gradient_checkpointing: bool | None = None
-    # causal LM padding-free batches; None ("auto"): on where a GPU runs a model that can
+    # None ("auto"): on where a GPU runs a model that can
     packing: bool | Auto | None = None
 
     @model_validator(mode="after")
@@ -74,45 +72,11 @@ class Method(Strict):
     supervised: Supervised = Field(default_factory=Supervised)
 
 
-class LoraType(Strict):
-    type: Literal["lora"]
-    r: Annotated[int, Field(ge=1, le=1024)] = 8
-    alpha: Annotated[float, Field(gt=0, le=4096)] = 16
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | str | None = None
-
-    @model_validator(mode="after")
-    def _targets(self) -> LoraType:
-        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
-            raise ValueError('target_modules must be a list of module names or "all-linear"')
-        if isinstance(self.target_modules, list) and not self.target_modules:
-            raise ValueError("target_modules must not be an empty list")
-        return self
-
-
-class FullType(Strict):
-    type: Literal["full"]
-
-
-class FreezeType(Strict):
-    type: Literal["freeze"]
-    trainable_layers: Annotated[int, Field(ge=0, le=1000)] = 2
-
-
-class QLoraType(LoraType):
-    """LoRA on a 4-bit (NF4) base: needs a worker with a CUDA GPU and bitsandbytes."""
-
-    type: Literal["qlora"]  # type: ignore[assignment]
-
-
-TrainingType = Annotated[LoraType | QLoraType | FullType | FreezeType, Field(discriminator="type")]
-
-
 class JobCreate(Strict):
     model: Annotated[str, Field(min_length=1, max_length=255)]
     training_file: Annotated[str, Field(min_length=1, max_length=64)]
     validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    seed: Seed | None = None
     suffix: Annotated[str, Field(max_length=40, pattern=r"^[A-Za-z0-9_.-]*$")] | None = None
     metadata: (
         dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None

@@ -1,71 +1,41 @@
 """Job rules: validation at create time, resolved hyperparameters, cancel, pause, resume,
-the files checked again when a job starts, and checkpoints."""
+the files checked again when a job starts, and checkpoints. What a worker's reports do to a
+job lives beside this, in outcomes.py."""
 
 from __future__ import annotations
 
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+import task_plugins
 from app.auth import quota_exceeded
 from app.errors import APIError, not_found
+from app.failures import Failure
 from app.files import repository as files_repo
-from app.files.formats import FORMATS_BY_TASK, inspect_file
+from app.files.formats import inspect_file
 from app.ids import new_id
 from app.jobs import repository, state
-from app.jobs.schemas import FreezeType, Hyperparameters, JobCreate, LoraType, TrainingType
+from app.jobs.hyperparameters import DEFAULT_VALIDATION_SPLIT, resolve_hyperparameters
+from app.jobs.schemas import JobCreate
+from app.jobs.spec import (
+    ADAPTER_TYPES,
+    FreezeType,
+    LoraType,
+    TrainingType,
+    training_type_of,
+)
 from app.models.registry import BaseModel, list_base_models, resolve_base_model
 from app.storage import ArtifactStore
 from app.tables import FileRow, JobCheckpointRow, JobRow
 
-# Base learning rates per (task, training type); learning_rate_multiplier scales these.
-BASE_LEARNING_RATE = {
-    ("classification", "lora"): 5e-4,
-    ("classification", "full"): 5e-5,
-    ("classification", "freeze"): 2e-4,
-    ("causal-lm", "lora"): 2e-4,
-    ("causal-lm", "full"): 2e-5,
-    ("causal-lm", "freeze"): 1e-4,
-}
-DEFAULT_N_EPOCHS = 3
-DEFAULT_BATCH_SIZE = {"classification": 16, "causal-lm": 8}
-DEFAULT_MAX_SEQ_LENGTH = 256
-DEFAULT_VALIDATION_SPLIT = 0.1
-# "auto" n_epochs (OpenAI's rule): 3 epochs, more for small files so that about 100 examples
-# are seen in all, fewer for big ones so that about 25000 are, within 1..25.
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
-MAX_AUTO_EPOCHS = 25
-# Defaults of the optional hyperparameters (docs/training.md), written onto every job.
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "gradient_accumulation_steps": 1,
-    "lr_scheduler": "linear",
-    "warmup_ratio": 0.0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "eval_steps": None,
-    "checkpoint_steps": None,
-    "logging_steps": None,
-    "early_stopping": None,
-    "best_metric": "eval_loss",
-    "gradient_checkpointing": False,
-    "packing": None,
-}
-METRICS_BY_TASK = {
-    "classification": ("eval_loss", "accuracy", "f1", "precision", "recall"),
-    "causal-lm": ("eval_loss", "perplexity", "token_accuracy"),
-}
-ADAPTER_TYPES = ("lora", "qlora")
 # the jobs TUNERY_QUOTA_CONCURRENT_JOBS counts: every one that has not finished
 QUOTA_STATUSES = tuple(sorted(state.ACTIVE))
-FORMAT_HINT = {
-    "classification": 'rows {"text": ..., "label": ...} (or CSV with header text,label)',
-    "causal-lm": 'rows {"prompt": ..., "completion": ...} or {"messages": [...]}',
-}
 
 
 def _base_model(models_dir: Path, model_id: str) -> BaseModel:
@@ -103,11 +73,12 @@ def _checked_file(
             param=param,
             code="invalid_file",
         )
-    if row.format not in FORMATS_BY_TASK[task]:
+    plugin = task_plugins.get(task)
+    if row.format not in plugin.formats_for(task_plugins.SUPERVISED):
         raise APIError(
             400,
             f"{param} '{file_id}' is in {row.format} format, but this model does {task}, which "
-            f"needs {FORMAT_HINT[task]}.",
+            f"needs {plugin.format_hint}.",
             param=param,
             code="invalid_file_format",
         )
@@ -123,16 +94,6 @@ def _layer_count(model: BaseModel) -> int | None:
         if isinstance(config.get(key), int):
             return int(config[key])
     return None
-
-
-def auto_n_epochs(n_train: int) -> int:
-    if n_train <= 0:
-        return DEFAULT_N_EPOCHS
-    if n_train * DEFAULT_N_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_AUTO_EPOCHS, MIN_TARGET_EXAMPLES // n_train)
-    if n_train * DEFAULT_N_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(1, MAX_TARGET_EXAMPLES // n_train)
-    return DEFAULT_N_EPOCHS
 
 
 def model_name(job: JobRow) -> str:
@@ -174,7 +135,7 @@ def _source_checkpoint(
             param="model",
             code="checkpoint_model_mismatch",
         )
-    inherited = dict(source.training_type)
+    inherited = training_type_of(source.training_type).model_dump()
     if asked is None:
         return checkpoint, inherited
     wanted = asked.model_dump()
@@ -198,60 +159,6 @@ def _source_checkpoint(
             code="checkpoint_training_type_mismatch",
         )
     return checkpoint, wanted
-
-
-def _resolve_hyperparameters(
-    asked: Hyperparameters, task: str, training_type: str, n_train: int
-) -> dict[str, Any]:
-    """Every hyperparameter with its value for this job ("auto" and defaults resolved)."""
-    multiplier = 1.0 if asked.learning_rate_multiplier == "auto" else asked.learning_rate_multiplier
-    base_lr = BASE_LEARNING_RATE[(task, "lora" if training_type == "qlora" else training_type)]
-    learning_rate = asked.learning_rate if asked.learning_rate is not None else base_lr * multiplier
-    validation_split = asked.validation_split or DEFAULT_VALIDATION_SPLIT
-    resolved: dict[str, Any] = {
-        "n_epochs": auto_n_epochs(n_train) if asked.n_epochs == "auto" else asked.n_epochs,
-        "batch_size": DEFAULT_BATCH_SIZE[task] if asked.batch_size == "auto" else asked.batch_size,
-        "learning_rate_multiplier": learning_rate / base_lr,
-        "learning_rate": learning_rate,
-        "max_seq_length": asked.max_seq_length or DEFAULT_MAX_SEQ_LENGTH,
-        "validation_split": validation_split,
-    }
-    given = asked.model_dump(exclude_unset=True)
-    for name, default in DEFAULT_OPTIONS.items():
-        value = given.get(name, default)
-        resolved[name] = default if value is None else value
-    if resolved["eval_steps"] == "epoch":
-        resolved["eval_steps"] = None
-    if resolved["packing"] == "auto":
-        resolved["packing"] = None
-    if asked.early_stopping is not None:
-        # written back whole, the metric resolved (it defaults to best_metric)
-        early = asked.early_stopping.model_dump()
-        early["metric"] = early["metric"] or resolved["best_metric"]
-        resolved["early_stopping"] = early
-    allowed = METRICS_BY_TASK[task]
-    early = resolved["early_stopping"]
-    for param, metric in (
-        ("best_metric", resolved["best_metric"]),
-        ("early_stopping.metric", early.get("metric") if early else None),
-    ):
-        if metric is not None and metric not in allowed:
-            raise APIError(
-                400,
-                f"hyperparameters.{param} '{metric}' is not a {task} metric; use one of "
-                f"{', '.join(allowed)}.",
-                param=f"hyperparameters.{param}",
-            )
-    if task == "causal-lm":
-        resolved["train_on_inputs"] = bool(given.get("train_on_inputs") or False)
-    elif given.get("train_on_inputs"):
-        raise APIError(
-            400,
-            "hyperparameters.train_on_inputs applies to causal-lm jobs; a classification job "
-            "always learns the label only. Leave it out.",
-            param="hyperparameters.train_on_inputs",
-        )
-    return resolved
 
 
 def _check_job_quota(session: Session, project_id: str, quota: int | None) -> None:
@@ -304,7 +211,7 @@ def create_job(
     if request.validation_file is None:
         # the rows validation_split holds out do not train
         n_rows = round(n_rows * (1 - (asked.validation_split or DEFAULT_VALIDATION_SPLIT)))
-    hyperparameters = _resolve_hyperparameters(
+    hyperparameters = resolve_hyperparameters(
         asked, base.task, str(training_type_fields["type"]), n_rows
     )
     seed = request.seed if request.seed is not None else random.randint(0, 2**31 - 1)
@@ -415,12 +322,20 @@ def resume_job(session: Session, job_id: str, project_id: str) -> JobRow:
     return row
 
 
-def check_files_again(session: Session, store: ArtifactStore, row: JobRow) -> dict[str, Any] | None:
-    """The job's files, validated again as the job starts; the error to fail it with, or None.
+@dataclass(frozen=True)
+class JobFile:
+    """One of a job's files, as the worker fetches and checks it."""
 
-    An upload was checked when it arrived; this catches a file deleted since, a stored copy
-    that changed, and rules added to the validator after the upload.
-    """
+    param: str  # "training_file" or "validation_file"
+    file_id: str
+    storage_key: str
+    filename: str
+
+
+def job_files(session: Session, row: JobRow) -> list[JobFile]:
+    """The job's files as they are stored now; raises Failure("file_not_found") for one
+    deleted since the job was created."""
+    files = []
     for param, file_id in (
         ("training_file", row.training_file),
         ("validation_file", row.validation_file),
@@ -429,37 +344,48 @@ def check_files_again(session: Session, store: ArtifactStore, row: JobRow) -> di
             continue
         file_row = files_repo.get(session, file_id, row.project_id)
         if file_row is None:
-            return {
-                "code": "file_not_found",
-                "message": f"{param} {file_id} was deleted before the job started; upload it "
-                "again and create a new job.",
-                "param": param,
-            }
+            raise Failure(
+                "file_not_found",
+                f"{param} {file_id} was deleted after the job was created; upload it again and "
+                "create a new job.",
+                param,
+            )
+        files.append(JobFile(param, file_id, file_row.storage_key, file_row.filename))
+    return files
+
+
+def check_files_again(store: ArtifactStore, task: str, files: list[JobFile]) -> None:
+    """The job's files, validated again as the job starts (no session held: the store may be
+    remote); raises the Failure to fail the job with.
+
+    An upload was checked when it arrived; this catches a stored copy that changed, and
+    rules added to the validator after the upload.
+    """
+    plugin = task_plugins.get(task)
+    for file in files:
+        what = f"{file.param} {file.file_id} ({file.filename})"
         try:
-            report = inspect_file(store.local_file(file_row.storage_key), file_row.filename)
+            report = inspect_file(store.local_file(file.storage_key), file.filename)
         except OSError as exc:
-            return {
-                "code": "file_unreadable",
-                "message": f"{param} {file_id} ({file_row.filename}) cannot be read from the "
-                f"artifact store: {exc}. Upload it again and create a new job.",
-                "param": param,
-            }
+            raise Failure(
+                "file_unreadable",
+                f"{what} cannot be read from the artifact store: {exc}. Upload it again and "
+                "create a new job.",
+                file.param,
+            ) from exc
         if not report.ok:
-            return {
-                "code": "invalid_file",
-                "message": f"{param} {file_id} ({file_row.filename}) failed validation when the "
-                f"job started: {report.status_details} Fix the file, upload it again and create "
-                "a new job.",
-                "param": param,
-            }
-        if report.format not in FORMATS_BY_TASK[row.task]:
-            return {
-                "code": "invalid_file_format",
-                "message": f"{param} {file_id} ({file_row.filename}) is in {report.format} "
-                f"format; a {row.task} job needs {FORMAT_HINT[row.task]}.",
-                "param": param,
-            }
-    return None
+            raise Failure(
+                "invalid_file",
+                f"{what} failed validation when the job started: {report.status_details} Fix "
+                "the file, upload it again and create a new job.",
+                file.param,
+            )
+        if report.format not in plugin.formats_for(task_plugins.SUPERVISED):
+            raise Failure(
+                "invalid_file_format",
+                f"{what} is in {report.format} format; a {task} job needs {plugin.format_hint}.",
+                file.param,
+            )
 
 
 def get_checkpoint(

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+import task_plugins
 from app.models.registry import resolve_base_model
 from app.storage import ArtifactStore
 from app.tables import FileRow, FineTunedModelRow, JobRow
@@ -77,11 +78,10 @@ def model_card(
     """README.md for an exported model. `form` is "adapter" or "merged"; `files` pairs each
     role (training_file, validation_file) with its row (None once deleted)."""
     adapter = form == "adapter"
-    classification = tuned.task == "classification"
     front = {
         "base_model": tuned.base_model,
         "library_name": "peft" if adapter else "transformers",
-        "pipeline_tag": "text-classification" if classification else "text-generation",
+        "pipeline_tag": task_plugins.get(tuned.task).export.pipeline_tag,
         "tags": ["tunery", tuned.training_type],
     }
     lines = ["---"]
@@ -125,11 +125,8 @@ def model_card(
 
 
 def _loading_code(tuned: FineTunedModelRow, adapter: bool, base_path: str | None) -> list[str]:
-    auto = (
-        "AutoModelForSequenceClassification"
-        if tuned.task == "classification"
-        else "AutoModelForCausalLM"
-    )
+    export = task_plugins.get(tuned.task).export
+    auto = export.auto_class
     base = base_path or tuned.base_model
     code = [f"from transformers import {auto}, AutoTokenizer"]
     if adapter:
@@ -139,7 +136,7 @@ def _loading_code(tuned: FineTunedModelRow, adapter: bool, base_path: str | None
             "",
             "meta = json.load(open('tunery.json'))",
         ]
-        if tuned.task == "classification":
+        if export.labels:
             code += [
                 "labels = meta['labels']",
                 f"base = {auto}.from_pretrained(",

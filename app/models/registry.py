@@ -1,6 +1,6 @@
 """Base models: folders under TUNERY_MODELS_DIR, and the packaged MiniLM when installed.
 
-Torch-free: the task is read from config.json (encoders classify, decoders generate).
+Torch-free: the task is read from config.json by the task plugins (task_plugins.task_of_config).
 """
 
 from __future__ import annotations
@@ -9,44 +9,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+import task_plugins
 
-ENCODER_TYPES = {
-    "bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta",
-    "mpnet", "albert", "camembert", "modernbert", "xlm", "funnel", "longformer", "ernie",
-}  # fmt: skip
-DECODER_TYPES = {
-    "llama", "gpt2", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-    "phi", "phi3", "gpt_neox", "gpt_neo", "gptj", "opt", "bloom", "falcon", "smollm3",
-    "olmo", "olmo2", "stablelm", "starcoder2", "granite", "codegen",
-}  # fmt: skip
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclass(frozen=True)
 class BaseModel:
     id: str
     path: Path
-    task: str  # "classification" or "causal-lm"
+    task: str  # a task plugin's name: "classification", "causal-lm"
     model_type: str
     created_at: int
-
-
-def task_of(config: dict[str, object]) -> str | None:
-    model_type = str(config.get("model_type", ""))
-    if model_type in ENCODER_TYPES:
-        return "classification"
-    if model_type in DECODER_TYPES:
-        return "causal-lm"
-    archs = config.get("architectures") or []
-    if isinstance(archs, list):
-        for arch in archs:
-            if str(arch).endswith(("ForCausalLM", "LMHeadModel")):
-                return "causal-lm"
-            if str(arch).endswith(("ForSequenceClassification", "ForMaskedLM")) or str(
-                arch
-            ).endswith("Model"):
-                return "classification"
-    return None
 
 
 def _read(path: Path, model_id: str) -> BaseModel | None:
@@ -57,7 +31,7 @@ def _read(path: Path, model_id: str) -> BaseModel | None:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError):
         return None
-    task = task_of(config)
+    task = task_plugins.task_of_config(config)
     if task is None:
         return None
     return BaseModel(

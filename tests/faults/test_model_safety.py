@@ -87,8 +87,8 @@ def test_the_tripwires_fire_when_loaded_unsafely(tmp_path: Path, tiny_models: Pa
 def test_the_trainer_refuses_and_runs_nothing(
     poisoned: Poisoned, tmp_path: Path, name: str
 ) -> None:
+    from app.failures import Failure
     from worker.training.run import train
-    from worker.training.spec import TrainingFailure
 
     rows = write_jsonl(tmp_path / "qa.jsonl", qa_rows(16))
     spec = {
@@ -105,7 +105,7 @@ def test_the_trainer_refuses_and_runs_nothing(
     }
     (tmp_path / "out").mkdir()
     events: list[dict[str, Any]] = []
-    with pytest.raises(TrainingFailure) as failure:
+    with pytest.raises(Failure) as failure:
         train(spec, events.append)
     assert failure.value.code == "invalid_base_model"
     assert POISONED[name] in str(failure.value), str(failure.value)

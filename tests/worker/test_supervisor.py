@@ -7,12 +7,13 @@ Jobs are created through the in-process API; the runner is called directly (no b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -341,3 +342,74 @@ def test_a_job_starts_from_another_jobs_checkpoint(rig: Rig) -> None:
 
     # the second job starts where the first ended, so its first epoch already does better
     assert first_eval_loss(second) < first_eval_loss(first)
+
+
+class Watched:
+    """The artifact store, checking that the calling thread holds no database session: a
+    transaction must never wait on a download or an upload."""
+
+    CALLS = ("local_file", "local_dir", "list_files", "open_read", "write_stream", "put_dir")
+
+    def __init__(self, store: ArtifactStore, open_sessions: threading.local) -> None:
+        self._store = store
+        self._open = open_sessions
+        self.called: set[str] = set()
+        self.violations: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name not in self.CALLS:
+            return attribute
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            if getattr(self._open, "count", 0):
+                self.violations.append(f"{name}{args} called inside a session")
+            self.called.add(name)
+            return attribute(*args, **kwargs)
+
+        return checked
+
+
+def test_no_session_is_open_across_a_download_or_an_upload(rig: Rig) -> None:
+    open_sessions = threading.local()
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[Session]:
+        open_sessions.count = getattr(open_sessions, "count", 0) + 1
+        try:
+            with rig.sessions() as session:
+                yield session
+        finally:
+            open_sessions.count -= 1
+
+    store = Watched(rig.store, open_sessions)
+    runner = JobRunner(rig.settings, cast(Any, counted), cast(ArtifactStore, store))
+    body = {
+        **LORA,
+        **hyperparameters(n_epochs=30, batch_size=8, max_seq_length=16, checkpoint_steps=1),
+    }
+    # files checked again, checkpoints uploaded, a pause, a resume that downloads them back
+    first = rig.create(sentiment_jsonl(24), **body)
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(runner.run(first)))
+    thread.start()
+    rig.wait(first, lambda job: bool(store.violations or rig.checkpoints(first)))
+    assert not store.violations
+    rig.api.client.post(f"/v1/fine_tuning/jobs/{first}/pause")
+    thread.join(120)
+    assert outcome == ["paused"]
+    rig.api.client.post(f"/v1/fine_tuning/jobs/{first}/resume")
+    thread = threading.Thread(target=lambda: outcome.append(runner.run(first)))
+    thread.start()
+    rig.wait(first, lambda job: job["attempt"] == 2 and job["progress"]["step"] > 0)
+    rig.api.client.post(f"/v1/fine_tuning/jobs/{first}/cancel")
+    thread.join(120)
+    assert outcome == ["paused", "cancelled"]
+    assert any(e["message"].startswith("Resuming from checkpoint") for e in rig.events(first))
+    # a job started from a checkpoint, trained to the end: the model is uploaded
+    checkpoint = rig.checkpoints(first)[0]["id"]
+    short = {**LORA, **hyperparameters(n_epochs=1, batch_size=8, max_seq_length=16)}
+    second = rig.create(sentiment_jsonl(24), from_checkpoint=checkpoint, **short)
+    assert runner.run(second) == "succeeded", rig.job(second)
+    assert not store.violations
+    assert {"local_file", "list_files", "write_stream", "put_dir"} <= store.called

@@ -22,7 +22,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from app.files.formats import FORMATS_BY_TASK, DatasetError, read_examples
+import task_plugins
+from app.failures import Failure
+from app.files.formats import DatasetError, read_examples
 from app.storage import ArtifactStore
 from worker.evaluation.scoring import difference, score
 from worker.inference.loading import (
@@ -35,17 +37,11 @@ from worker.inference.loading import (
     plan,
 )
 from worker.inference.predictors import PredictionInputError
-from worker.training.callbacks import json_safe
-
-
-class EvaluationFailure(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
+from worker.training.events import json_safe
 
 
 def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Score spec's model (and compare_to) on the file's rows; raises EvaluationFailure."""
+    """Score spec's model (and compare_to) on the file's rows; raises Failure."""
     store = ArtifactStore(str(spec["storage_url"]), Path(spec["cache_dir"]))
     model_spec = ModelSpec(**spec["model"])
     compare_spec = ModelSpec(**spec["compare_to"]) if spec.get("compare_to") else None
@@ -61,7 +57,7 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
                 shared[loading.shared_key] = load_shared(loading)
             return load_served(loading, shared[loading.shared_key])
         except ModelLoadError as exc:
-            raise EvaluationFailure("model_load_failed", str(exc), param) from exc
+            raise Failure("model_load_failed", str(exc), param) from exc
 
     tuned = load(model_spec, "model")
     other = load(compare_spec, "compare_to") if compare_spec is not None else None
@@ -69,9 +65,7 @@ def evaluate(spec: dict[str, Any]) -> dict[str, Any]:
         metrics = score(tuned, rows)
         compared = score(other, rows) if other is not None else None
     except PredictionInputError as exc:
-        raise EvaluationFailure(
-            "invalid_file", f"{spec['file']['filename']}: {exc}", "file"
-        ) from exc
+        raise Failure("invalid_file", f"{spec['file']['filename']}: {exc}", "file") from exc
     return json_safe(
         {
             "rows": len(rows),
@@ -87,14 +81,15 @@ def _rows(file: dict[str, str], task: str) -> list[dict[str, Any]]:
     try:
         fmt, rows = read_examples(Path(file["path"]), filename)
     except DatasetError as exc:
-        raise EvaluationFailure("invalid_file", f"{filename}: {exc}", "file") from exc
+        raise Failure("invalid_file", f"{filename}: {exc}", "file") from exc
     except OSError as exc:
-        raise EvaluationFailure("invalid_file", f"cannot read {filename}: {exc}", "file") from exc
-    if fmt not in FORMATS_BY_TASK[task]:
-        raise EvaluationFailure(
+        raise Failure("invalid_file", f"cannot read {filename}: {exc}", "file") from exc
+    allowed = task_plugins.get(task).formats_for(task_plugins.SUPERVISED)
+    if fmt not in allowed:
+        raise Failure(
             "invalid_file",
             f"{filename} is in the {fmt} format; a {task} model is scored on "
-            f"{' or '.join(sorted(FORMATS_BY_TASK[task]))} rows",
+            f"{' or '.join(sorted(allowed))} rows",
             "file",
         )
     return rows
@@ -116,8 +111,8 @@ def main(argv: list[str]) -> int:
     try:
         _write(result_path, evaluate(spec))
         return 0
-    except EvaluationFailure as exc:
-        error = {"code": exc.code, "message": exc.message, "param": exc.param}
+    except Failure as exc:
+        error = exc.as_error()
     except Exception as exc:
         traceback.print_exc()
         error = {

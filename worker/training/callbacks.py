@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,20 +10,19 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from worker.training.events import (
+    Eval,
+    Failed,
+    Log,
+    Message,
+    Progress,
+    Started,
+    TrainerEvent,
+)
 from worker.training.metrics import eval_fields
 
+# What the trainer hands its events to: the wire form (docs/internals.md), one dict each.
 Emit = Callable[[dict[str, Any]], None]
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinity are not JSON: they become null, so every event line parses anywhere."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
 
 
 class EventLog:
@@ -32,27 +30,27 @@ class EventLog:
 
     def __init__(self, emit: Emit) -> None:
         self._emit = emit
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Message] = []
         self.started = False
 
-    def emit(self, event: dict[str, Any]) -> None:
-        self._emit(json_safe(event))
+    def emit(self, event: TrainerEvent) -> None:
+        self._emit(event.wire())
 
     def message(self, level: str, text: str) -> None:
-        event = {"type": "message", "level": level, "message": text}
+        event = Message(level=level, message=text)  # type: ignore[arg-type]
         if self.started:
             self.emit(event)
         else:
             self._pending.append(event)
 
-    def start(self, fields: dict[str, Any]) -> None:
-        self.emit({"type": "started", **fields})
+    def start(self, event: Started) -> None:
+        self.emit(event)
         self.started = True
         self._flush()
 
     def fail(self, code: str, message: str, param: str | None) -> None:
         self._flush()
-        self.emit({"type": "failed", "code": code, "message": message, "param": param})
+        self.emit(Failed(code=code, message=message, param=param))
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -74,7 +72,7 @@ class EventCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self.events.start({"total_steps": state.max_steps, **self.started_fields})
+        self.events.start(Started(total_steps=state.max_steps, **self.started_fields))
         self._last_time = time.monotonic()
         self._last_tokens = int(state.num_input_tokens_seen)
 
@@ -82,12 +80,7 @@ class EventCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.events.emit(
-            {
-                "type": "progress",
-                "step": state.global_step,
-                "total_steps": state.max_steps,
-                "epoch": state.epoch,
-            }
+            Progress(step=state.global_step, total_steps=state.max_steps, epoch=state.epoch)
         )
 
     def on_log(
@@ -107,15 +100,14 @@ class EventCallback(TrainerCallback):
         tokens_per_second = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
         self._last_time, self._last_tokens = now, tokens
         self.events.emit(
-            {
-                "type": "log",
-                "step": state.global_step,
-                "epoch": state.epoch,
-                "train_loss": logs["loss"],
-                "learning_rate": logs.get("learning_rate"),
-                "grad_norm": logs.get("grad_norm"),
-                "tokens_per_second": tokens_per_second,
-            }
+            Log(
+                step=state.global_step,
+                epoch=state.epoch,
+                train_loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+                tokens_per_second=tokens_per_second,
+            )
         )
 
     def on_save(
@@ -133,12 +125,7 @@ class EventCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self.events.emit(
-            {
-                "type": "eval",
-                "step": state.global_step,
-                "epoch": state.epoch,
-                **eval_fields(metrics or {}, self.task),
-            }
+            Eval.of(state.global_step, state.epoch, eval_fields(metrics or {}, self.task))
         )
 
 

@@ -18,7 +18,11 @@ from typing import Any
 import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from worker.training.callbacks import EventLog, json_safe
+import task_plugins
+from app.failures import Failure
+from app.jobs.spec import TrainSpec
+from worker.training.callbacks import EventLog
+from worker.training.events import Checkpoint, json_safe
 from worker.training.layout import (
     CHECKPOINTS_DIRNAME,
     MANIFEST,
@@ -31,10 +35,6 @@ from worker.training.layout import (
 )
 from worker.training.metrics import eval_fields
 from worker.training.schedule import TrainingSchedule
-from worker.training.spec import TrainingFailure, TrainSpec
-
-# Scalar evaluation figures copied into a checkpoint's metrics (per-class tables stay out).
-_SCALARS = ("accuracy", "precision", "recall", "f1", "perplexity", "token_accuracy")
 
 
 def manifest_fields(spec: TrainSpec, labels: list[str]) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def manifest_fields(spec: TrainSpec, labels: list[str]) -> dict[str, Any]:
         "format": "adapter" if spec.training_type.is_adapter else "full",
         "base_model": str(spec.base_model_dir),
     }
-    if spec.task == "classification":
+    if task_plugins.get(spec.task).export.labels:
         fields["labels"] = labels
     return fields
 
@@ -69,13 +69,10 @@ def checkpoint_metrics(log_history: list[dict[str, Any]], step: int, task: str) 
         if "eval_loss" in entry:
             fields = eval_fields(entry, task)
             metrics["valid_loss"] = metrics["full_valid_loss"] = fields["eval_loss"]
-            for name in _SCALARS:
+            # the task's scalar figures (per-class tables stay out), under their names
+            for name, names in task_plugins.get(task).metrics.checkpoint.items():
                 if name in fields:
-                    metrics[name] = fields[name]
-            if "token_accuracy" in fields:
-                accuracy = fields["token_accuracy"]
-                metrics["valid_mean_token_accuracy"] = accuracy
-                metrics["full_valid_mean_token_accuracy"] = accuracy
+                    metrics.update(dict.fromkeys(names, fields[name]))
     return metrics
 
 
@@ -155,14 +152,13 @@ class CheckpointHandoff(TrainerCallback):
         outbox = self.spec.output_dir / OUTBOX_DIRNAME / outbox_dirname(step)
         link_tree(folder, outbox)
         self.events.emit(
-            {
-                "type": "checkpoint",
-                "step": step,
-                "epoch": state.epoch,
-                "dir": outbox.relative_to(self.spec.output_dir).as_posix(),
-                "metrics": checkpoint_metrics(state.log_history, step, self.spec.task),
-                "best_step": self.schedule.best_step,
-            }
+            Checkpoint(
+                step=step,
+                epoch=state.epoch,
+                dir=outbox.relative_to(self.spec.output_dir).as_posix(),
+                metrics=checkpoint_metrics(state.log_history, step, self.spec.task),
+                best_step=self.schedule.best_step,
+            )
         )
         self._rotate(keep={step, self.schedule.best_step})
 
@@ -176,7 +172,7 @@ class CheckpointHandoff(TrainerCallback):
 def best_checkpoint_dir(spec: TrainSpec, best_step: int) -> Path:
     folder = spec.output_dir / CHECKPOINTS_DIRNAME / checkpoint_dirname(best_step)
     if not folder.is_dir():
-        raise TrainingFailure(
+        raise Failure(
             "checkpoint_missing",
             f"the best checkpoint (step {best_step}) is not in {folder.parent}; it should have "
             "been kept there (or restored by the supervisor when resuming). Retry the job.",

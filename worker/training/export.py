@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from app.jobs.spec import TrainSpec
 from worker.training.checkpoints import copy_model_files, manifest_fields, write_manifest
 from worker.training.layout import MODEL_DIRNAME
-from worker.training.spec import TrainSpec
 
 
 def export_model(

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from app import processes as children
@@ -53,7 +53,6 @@ class TrainerGroup:
     procs: list[subprocess.Popen[bytes]]
     logs: list[Path]
     failed_at: float | None = None
-    exit_codes: list[int | None] = field(default_factory=list)
     returncode: int | None = None
 
     @property
@@ -70,7 +69,6 @@ class TrainerGroup:
         if self.returncode is not None:
             return self.returncode
         codes = [proc.poll() for proc in self.procs]
-        self.exit_codes = codes
         if codes[0] is not None:
             self.terminate()
             self.returncode = (
@@ -96,7 +94,6 @@ class TrainerGroup:
         if all(proc.poll() is not None for proc in self.procs):
             return
         children.terminate(self.procs, groups=[self.pgid], grace=grace)
-        self.exit_codes = [proc.returncode for proc in self.procs]
 
     def alive(self) -> bool:
         return any(proc.poll() is None for proc in self.procs)

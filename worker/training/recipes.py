@@ -1,4 +1,5 @@
-"""The model to train: load the base, then apply the recipe (LoRA, QLoRA, full, or freeze)."""
+"""The model to train: load the base (the task's head), then apply the recipe (LoRA, QLoRA,
+full, or freeze). The recipes are the same for every task."""
 
 from __future__ import annotations
 
@@ -13,93 +14,35 @@ import torch
 from peft import (
     LoraConfig,
     PeftModel,
-    TaskType,
     get_peft_model,
     prepare_model_for_kbit_training,
 )
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    BitsAndBytesConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-from transformers.models.auto.modeling_auto import (
-    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
-)
+from transformers import AutoConfig, BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from app.models.registry import ENCODER_TYPES
+from app.failures import Failure
+from app.jobs.spec import FreezeType, FullType, LoraType, QLoraType
 from worker.model_safety import UnsafeModel, check_model_folder
 from worker.training.layout import MANIFEST
-from worker.training.spec import Task, TrainingFailure, TrainingType
+from worker.training.plugin import trainer_for
 
 # Output heads: trained by every recipe, kept whole (not LoRA-adapted) in adapters.
 HEAD_NAMES = {"classifier", "score", "lm_head", "pooler"}
 # Final norms sit between the last block and the head; freeze trains them with the blocks.
 FINAL_NORM_NAMES = {"norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f"}
-# Safe loading everywhere: safetensors only, never code from the model directory.
-SAFE_LOAD: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False}
 
 
 def load_config(base_dir: Path) -> PretrainedConfig:
     try:  # refused outright, before transformers reads a file (worker/model_safety.py)
         check_model_folder(base_dir)
     except UnsafeModel as exc:
-        raise TrainingFailure("invalid_base_model", str(exc), "model") from exc
+        raise Failure("invalid_base_model", str(exc), "model") from exc
     try:
         return AutoConfig.from_pretrained(base_dir, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise TrainingFailure(
-            "invalid_base_model", f"cannot load the base model config: {exc}"
-        ) from exc
-
-
-def load_tokenizer(base_dir: Path) -> PreTrainedTokenizerBase:
-    try:
-        return AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise TrainingFailure(
-            "invalid_base_model", f"cannot load the base model tokenizer: {exc}"
-        ) from exc
-
-
-def check_task(config: PretrainedConfig, task: Task, base_dir: Path) -> None:
-    """Refuse a base model that cannot do the job's task, before any weight is loaded."""
-    model_type = str(getattr(config, "model_type", ""))
-    name = base_dir.name
-    if task == "classification":
-        if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-            raise TrainingFailure(
-                "invalid_base_model",
-                f"{name} (model_type {model_type!r}) has no sequence-classification head in "
-                "transformers, so it cannot be tuned to classify; choose an encoder such as BERT "
-                "or MiniLM, or a decoder such as Llama or Qwen",
-                "model",
-            )
-        return
-    if getattr(config, "is_encoder_decoder", False):
-        raise TrainingFailure(
-            "invalid_base_model",
-            f"{name} (model_type {model_type!r}) is an encoder-decoder model; causal-lm jobs "
-            "need a decoder-only model such as Llama, Qwen or GPT-2",
-            "model",
-        )
-    is_encoder = model_type in ENCODER_TYPES and not getattr(config, "is_decoder", False)
-    if is_encoder or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise TrainingFailure(
-            "invalid_base_model",
-            f"{name} (model_type {model_type!r}) cannot generate text: it is not a decoder "
-            "(causal language model). Train a classification job on it instead, or choose a "
-            "decoder such as Llama, Qwen or GPT-2",
-            "model",
-        )
+        raise Failure("invalid_base_model", f"cannot load the base model config: {exc}") from exc
 
 
 def read_init_manifest(init_dir: Path) -> dict[str, Any]:
@@ -107,13 +50,13 @@ def read_init_manifest(init_dir: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((init_dir / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
-        raise TrainingFailure(
+        raise Failure(
             "invalid_checkpoint",
             f"the checkpoint to start from has no readable {MANIFEST}: {exc}",
             "from_checkpoint",
         ) from exc
     if not isinstance(manifest, dict) or manifest.get("format") not in ("adapter", "full"):
-        raise TrainingFailure(
+        raise Failure(
             "invalid_checkpoint",
             f"the checkpoint to start from has an unknown format in {MANIFEST}",
             "from_checkpoint",
@@ -124,7 +67,7 @@ def read_init_manifest(init_dir: Path) -> dict[str, Any]:
 def quantization_config() -> BitsAndBytesConfig:
     """QLoRA's 4-bit NF4 base; refuses loudly where it cannot run (never falls back)."""
     if not torch.cuda.is_available():
-        raise TrainingFailure(
+        raise Failure(
             "gpu_required",
             "training_type qlora quantizes the base model to 4 bits with bitsandbytes, which "
             "needs a CUDA GPU, and this worker has none. Use training_type lora (the same "
@@ -132,7 +75,7 @@ def quantization_config() -> BitsAndBytesConfig:
             "training_type",
         )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise TrainingFailure(
+        raise Failure(
             "gpu_required",
             "training_type qlora needs the bitsandbytes package on the worker; install it "
             "(pip install 'tunery[gpu]') or use training_type lora.",
@@ -148,7 +91,7 @@ def quantization_config() -> BitsAndBytesConfig:
 
 
 def load_model(
-    task: Task,
+    task: str,
     base_dir: Path,
     labels: list[str],
     quantization: BitsAndBytesConfig | None = None,
@@ -162,25 +105,9 @@ def load_model(
     if quantization is not None:
         extra = {"quantization_config": quantization, "device_map": {"": device_index}}
     try:
-        if task == "classification":
-            # A bare encoder (e.g. MiniLM) gets a new, seeded head; one with another label set
-            # gets a new head of the right size.
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base_dir,
-                num_labels=len(labels),
-                id2label=dict(enumerate(labels)),
-                label2id={label: index for index, label in enumerate(labels)},
-                ignore_mismatched_sizes=True,
-                dtype=torch.float32,
-                **SAFE_LOAD,
-                **extra,
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(
-                base_dir, dtype=torch.float32, **SAFE_LOAD, **extra
-            )
+        model = trainer_for(task).load_model(base_dir, labels, extra)
     except (OSError, ValueError) as exc:
-        raise TrainingFailure("invalid_base_model", f"cannot load the base model: {exc}") from exc
+        raise Failure("invalid_base_model", f"cannot load the base model: {exc}") from exc
     if quantization is not None:
         # casts norms to fp32 and makes the inputs carry gradients through the frozen 4-bit base
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -189,38 +116,29 @@ def load_model(
 
 def apply_recipe(
     model: PreTrainedModel,
-    task: Task,
-    training_type: TrainingType,
+    task: str,
+    training_type: LoraType | QLoraType | FullType | FreezeType,
     note: Callable[[str, str], None],
     adapter_dir: Path | None = None,
 ) -> nn.Module:
     """Make the model trainable per the recipe; `adapter_dir` continues that adapter instead
     of starting a new one (a job started from another job's LoRA checkpoint)."""
-    if training_type.is_adapter:
+    if isinstance(training_type, LoraType):
         if adapter_dir is not None:
             return _continue_adapter(model, adapter_dir)
         return _lora(model, task, training_type)
-    if training_type.type == "freeze":
+    if isinstance(training_type, FreezeType):
         _freeze(model, training_type.trainable_layers, note)
     else:
         model.requires_grad_(True)
     return model
 
 
-def _lora(model: PreTrainedModel, task: Task, training_type: TrainingType) -> PeftModel:
-    target: str | list[str] | None = training_type.target_modules
-    if (
-        target is None
-        and model.config.model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-    ):
-        # peft knows no default for this architecture: adapt every linear layer but the head.
-        target = "all-linear"
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
-        r=training_type.r,
-        lora_alpha=training_type.alpha,
-        lora_dropout=training_type.dropout,
-        target_modules=target,
+def _lora(model: PreTrainedModel, task: str, training_type: LoraType) -> PeftModel:
+    config = lora_config(
+        training_type,
+        task,
+        str(model.config.model_type),
         # GPT-2 style Conv1D layers store their weight transposed.
         fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
     )
@@ -230,9 +148,28 @@ def _lora(model: PreTrainedModel, task: Task, training_type: TrainingType) -> Pe
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
             return get_peft_model(model, config)
     except ValueError as exc:
-        raise TrainingFailure(
+        raise Failure(
             "invalid_training_type", f"cannot apply LoRA: {exc}", "training_type"
         ) from exc
+
+
+def lora_config(
+    training_type: LoraType, task: str, model_type: str, fan_in_fan_out: bool = False
+) -> LoraConfig:
+    """peft's LoraConfig for the job's training type, its values as the job gave them."""
+    target: str | list[str] | None = training_type.target_modules
+    if target is None and model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        # peft knows no default for this architecture: adapt every linear layer but the head.
+        target = "all-linear"
+    return LoraConfig(
+        task_type=trainer_for(task).peft_task_type,
+        r=training_type.r,
+        # a float, as the job gave it: peft scales by lora_alpha / r
+        lora_alpha=training_type.alpha,  # type: ignore[arg-type]
+        lora_dropout=training_type.dropout,
+        target_modules=target,
+        fan_in_fan_out=fan_in_fan_out,
+    )
 
 
 def _continue_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
@@ -241,7 +178,7 @@ def _continue_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
             return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise TrainingFailure(
+        raise Failure(
             "invalid_checkpoint",
             f"cannot continue the checkpoint's adapter on this base model: {exc}",
             "from_checkpoint",
@@ -252,7 +189,7 @@ def _freeze(model: nn.Module, trainable_layers: int, note: Callable[[str, str], 
     """Train the top `trainable_layers` blocks and the head; everything else stays fixed."""
     found = find_blocks(model)
     if found is None:
-        raise TrainingFailure(
+        raise Failure(
             "invalid_training_type",
             "freeze found no stack of transformer blocks in this model; use lora or full",
             "training_type",

@@ -19,29 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import (
-    PretrainedConfig,
-    PreTrainedTokenizerBase,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import PretrainedConfig, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
+from app.failures import Failure
+from app.jobs.spec import Hyperparameters, TrainSpec, parse_spec
 from worker.training.callbacks import EventCallback, EventLog, GuardedTrainer, NonFiniteLoss
 from worker.training.checkpoints import CheckpointHandoff, best_checkpoint_dir
-from worker.training.data import (
-    Encoded,
-    ListDataset,
-    PadCollator,
-    Splits,
-    encode_causal,
-    encode_classification,
-    load_splits,
-    prepare_tokenizer,
-)
+from worker.training.data import Splits, load_splits
+from worker.training.events import Failed, Paused, Succeeded
 from worker.training.export import export_model
+from worker.training.features import Encoded, ListDataset
 from worker.training.launch import die_with_parent
 from worker.training.layout import (
     CHECKPOINTS_DIRNAME,
@@ -49,20 +38,16 @@ from worker.training.layout import (
     checkpoint_dirname,
     checkpoint_steps,
 )
-from worker.training.metrics import ClassificationMetrics, argmax_logits, causal_lm_metrics
-from worker.training.packing import packing_collator, packing_supported
+from worker.training.plugin import TaskTrainer, trainer_for
 from worker.training.recipes import (
     apply_recipe,
-    check_task,
     count_parameters,
     load_config,
     load_model,
-    load_tokenizer,
     quantization_config,
     read_init_manifest,
 )
 from worker.training.schedule import PauseSignal, TrainingSchedule
-from worker.training.spec import Hyperparameters, TrainingFailure, TrainSpec, parse_spec
 
 # Effectively unlimited tokenizer.model_max_length values mean "no limit was configured".
 _NO_LIMIT = 1_000_000
@@ -99,8 +84,8 @@ def train(
     """Train per the spec, emitting events; return the final event (`succeeded`, or `paused`
     when a pause was requested through the pause file).
 
-    Every failure is emitted as a `failed` event, then raised as a TrainingFailure (an
-    unexpected exception becomes code "trainer_error", chained to the original).
+    Every failure is emitted as a `failed` event, then raised as a Failure (an unexpected
+    exception becomes code "trainer_error", chained to the original).
     """
     events = EventLog(emit)
     parsed: TrainSpec | None = None
@@ -115,12 +100,12 @@ def train(
         raise failure from exc
 
 
-def as_failure(exc: BaseException, hp: Hyperparameters) -> TrainingFailure:
+def as_failure(exc: BaseException, hp: Hyperparameters) -> Failure:
     """Map an exception to the failure a user can act on."""
-    if isinstance(exc, TrainingFailure):
+    if isinstance(exc, Failure):
         return exc
     if isinstance(exc, NonFiniteLoss):
-        return TrainingFailure(
+        return Failure(
             "nan_loss",
             f"{exc}: training diverged. Lower learning_rate (now {hp.learning_rate:g}, try "
             f"{hp.learning_rate / 10:g}), add warmup (warmup_ratio), or clip gradients harder "
@@ -128,7 +113,7 @@ def as_failure(exc: BaseException, hp: Hyperparameters) -> TrainingFailure:
             "hyperparameters",
         )
     if _is_out_of_memory(exc):
-        return TrainingFailure(
+        return Failure(
             "out_of_memory",
             f"ran out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
             f"Lower batch_size (now {hp.batch_size}) and raise gradient_accumulation_steps to keep "
@@ -136,7 +121,7 @@ def as_failure(exc: BaseException, hp: Hyperparameters) -> TrainingFailure:
             f"max_seq_length (now {hp.max_seq_length}), or turn on gradient_checkpointing.",
             "hyperparameters",
         )
-    return TrainingFailure("trainer_error", f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
+    return Failure("trainer_error", f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -155,28 +140,29 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     # Weight loading/saving bars would only clutter the worker's log.
     hf_logging.disable_progress_bar()
     hp = spec.hyperparameters
+    task = trainer_for(spec.task)
     cuda = torch.cuda.is_available()
     quantization = quantization_config() if spec.training_type.type == "qlora" else None
     splits = load_splits(spec)
-    weights_dir, adapter_dir = _starting_point(spec, splits)
+    weights_dir, adapter_dir = _starting_point(spec, task, splits)
     config = load_config(weights_dir)
-    check_task(config, spec.task, spec.base_model_dir)
-    tokenizer = load_tokenizer(spec.base_model_dir)
-    prepare_tokenizer(tokenizer, splits.formats, events.message)
-    max_length = effective_max_length(hp.max_seq_length, config, tokenizer, events.message)
-    train_set, validation_set = _encode(spec, splits, tokenizer, max_length, events)
+    task.check_base_model(config, spec.base_model_dir)
+    processor = task.load_processor(spec.base_model_dir, splits.formats, events.message)
+    max_length = effective_max_length(hp.max_seq_length, config, processor, events.message)
+    train_set, validation_set = _encode(spec, task, splits, processor, max_length, events)
 
     # Seeded: a new classification head and LoRA's matrices start from random weights.
     set_seed(spec.seed)
     base = load_model(spec.task, weights_dir, splits.labels, quantization, ranks.local_rank)
     if base.config.pad_token_id is None:
         # Sequence classification finds each row's last token through the pad id.
-        base.config.pad_token_id = tokenizer.pad_token_id
+        base.config.pad_token_id = getattr(processor, "pad_token_id", None)
     model = apply_recipe(base, spec.task, spec.training_type, events.message, adapter_dir)
     trainable, total = count_parameters(model)
     resume_from = _checkpoint_to_resume(spec, events, ranks)
     args = training_arguments(spec, len(train_set.features), ranks)
-    packing = _use_packing(spec, model, train_set, cuda, events)
+    collator = task.collator(spec, model, processor, train_set, cuda, events.message)
+    compute_metrics, preprocess_logits = task.metrics(splits.labels)
 
     schedule = TrainingSchedule(
         hp, spec.task, PauseSignal(spec.output_dir / PAUSE_FILENAME, args.device), events.emit
@@ -184,16 +170,12 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     trainer = GuardedTrainer(
         model=model,
         args=args,
-        data_collator=packing_collator() if packing else PadCollator(int(tokenizer.pad_token_id)),
+        data_collator=collator,
         train_dataset=ListDataset(train_set.features),
         eval_dataset=ListDataset(validation_set.features),
-        processing_class=tokenizer,
-        compute_metrics=(
-            ClassificationMetrics(splits.labels)
-            if spec.task == "classification"
-            else causal_lm_metrics
-        ),
-        preprocess_logits_for_metrics=argmax_logits if spec.task == "causal-lm" else None,
+        processing_class=processor,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=preprocess_logits,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     started = {
@@ -220,35 +202,34 @@ def _outcome(
 ) -> dict[str, Any]:
     """After training: `paused`, or the export of the best checkpoint and `succeeded`."""
     if schedule.paused_at is not None and schedule.stopped_early is None:
-        paused = {"type": "paused", "step": trainer.state.global_step}
+        paused = Paused(step=trainer.state.global_step)
         events.emit(paused)
-        return paused
+        return paused.wire()
     best = schedule.best
     if best is None:
-        raise TrainingFailure(
+        raise Failure(
             "trainer_error", "training ended without a single evaluation to pick a model by"
         )
     if ranks.is_main:
         export_model(best_checkpoint_dir(spec, best.step), spec, labels, best.fields, best.step)
-    result: dict[str, Any] = {
-        "type": "succeeded",
-        "trained_tokens": int(trainer.state.num_input_tokens_seen),
-        "metrics": best.fields,
-        "best_step": best.step,
-    }
+    result = Succeeded(
+        trained_tokens=int(trainer.state.num_input_tokens_seen),
+        metrics=best.fields,
+        best_step=best.step,
+    )
     if schedule.stopped_early is not None:
-        result["stopped_early"] = schedule.stopped_early
+        result.stopped_early = schedule.stopped_early
     events.emit(result)
-    return result
+    return result.wire()
 
 
-def _starting_point(spec: TrainSpec, splits: Splits) -> tuple[Path, Path | None]:
+def _starting_point(spec: TrainSpec, task: TaskTrainer, splits: Splits) -> tuple[Path, Path | None]:
     """(the weights to load, an adapter to continue): the base model, or from_checkpoint's."""
     if spec.init_from is None:
         return spec.base_model_dir, None
     manifest = read_init_manifest(spec.init_from)
     if manifest.get("task") != spec.task:
-        raise TrainingFailure(
+        raise Failure(
             "invalid_checkpoint",
             f"the checkpoint to start from was trained for {manifest.get('task')}, "
             f"this job is {spec.task}",
@@ -256,46 +237,17 @@ def _starting_point(spec: TrainSpec, splits: Splits) -> tuple[Path, Path | None]
         )
     is_adapter = manifest["format"] == "adapter"
     if is_adapter != spec.training_type.is_adapter:
-        raise TrainingFailure(
+        raise Failure(
             "invalid_checkpoint",
             f"the checkpoint to start from holds {'an adapter' if is_adapter else 'a whole model'}"
             f" (training_type {manifest.get('training_type')}); a job started from it must use "
             f"{'lora or qlora' if is_adapter else 'full or freeze'}",
             "from_checkpoint",
         )
-    if spec.task == "classification" and manifest.get("labels") != splits.labels:
-        raise TrainingFailure(
-            "invalid_training_file",
-            f"the checkpoint to start from was trained on the labels {manifest.get('labels')}, "
-            f"but this job's data has {splits.labels}; use the same labels, or start from the "
-            "base model",
-            "training_file",
-        )
+    task.check_start(manifest, splits.labels)
     if is_adapter:
         return spec.base_model_dir, spec.init_from
     return spec.init_from, None
-
-
-def _use_packing(
-    spec: TrainSpec, model: nn.Module, train_set: Encoded, cuda: bool, events: EventLog
-) -> bool:
-    """Padding-free batches: asked for, or by default on a GPU; only where they are exact."""
-    asked = spec.hyperparameters.packing
-    if spec.task != "causal-lm" or asked is False or (asked is None and not cuda):
-        return False
-    sample = [token for row in train_set.features[:4] for token in row["input_ids"]]
-    # checked where the weights are now (a 4-bit model cannot move; the Trainer moves others)
-    device = next(model.parameters()).device
-    if packing_supported(model, sample, device):
-        events.message("info", "packing examples into padding-free batches")
-        return True
-    if asked:
-        events.message(
-            "warning",
-            "packing was asked for, but this model's attention does not keep packed examples "
-            "apart; training on padded batches instead",
-        )
-    return False
 
 
 def _checkpoint_to_resume(spec: TrainSpec, events: EventLog, ranks: Ranks) -> str | None:
@@ -316,19 +268,14 @@ def _checkpoint_to_resume(spec: TrainSpec, events: EventLog, ranks: Ranks) -> st
 
 def _encode(
     spec: TrainSpec,
+    task: TaskTrainer,
     splits: Splits,
-    tokenizer: PreTrainedTokenizerBase,
+    processor: Any,
     max_length: int,
     events: EventLog,
 ) -> tuple[Encoded, Encoded]:
-    if spec.task == "classification":
-        label_ids = {label: index for index, label in enumerate(splits.labels)}
-        train_set = encode_classification(splits.train, tokenizer, label_ids, max_length)
-        validation_set = encode_classification(splits.validation, tokenizer, label_ids, max_length)
-    else:
-        inputs = spec.hyperparameters.train_on_inputs
-        train_set = encode_causal(splits.train, tokenizer, max_length, inputs)
-        validation_set = encode_causal(splits.validation, tokenizer, max_length, inputs)
+    train_set = task.encode(spec, splits.train, processor, splits.labels, max_length)
+    validation_set = task.encode(spec, splits.validation, processor, splits.labels, max_length)
     truncated = train_set.truncated + validation_set.truncated
     if truncated:
         events.message(
@@ -345,7 +292,7 @@ def _encode(
             f"{max_length} tokens and were skipped; raise max_seq_length or shorten the prompts",
         )
     if len(train_set.features) < 2 or not validation_set.features:
-        raise TrainingFailure(
+        raise Failure(
             "too_few_rows",
             f"after truncation {len(train_set.features)} training and "
             f"{len(validation_set.features)} validation rows are left; at least 2 training rows "
@@ -358,7 +305,7 @@ def _encode(
 def effective_max_length(
     requested: int,
     config: PretrainedConfig,
-    tokenizer: PreTrainedTokenizerBase,
+    tokenizer: Any,
     note: Callable[[str, str], None],
 ) -> int:
     """max_seq_length, capped by what the model's position embeddings can take."""
@@ -383,7 +330,7 @@ def training_arguments(
     batches = math.ceil(math.ceil(n_train / ranks.world_size) / hp.batch_size)
     steps_per_epoch = math.ceil(batches / hp.gradient_accumulation_steps)
     cuda = torch.cuda.is_available()
-    scheduler = hp.lr_scheduler
+    scheduler: str = hp.lr_scheduler
     if scheduler == "constant" and hp.warmup_ratio > 0:
         scheduler = "constant_with_warmup"
     try:
@@ -424,9 +371,7 @@ def training_arguments(
             ddp_backend=None if cuda or ranks.world_size == 1 else "gloo",
         )
     except ValueError as exc:
-        raise TrainingFailure(
-            "invalid_spec", f"invalid hyperparameters: {exc}", "hyperparameters"
-        ) from exc
+        raise Failure("invalid_spec", f"invalid hyperparameters: {exc}", "hyperparameters") from exc
 
 
 def file_emitter(events_path: Path) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
@@ -482,12 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(spec, emit, ranks)
         return 0
-    except TrainingFailure as failure:
+    except Failure as failure:
         if failure.code == "trainer_error" and failure.__cause__ is not None:
             traceback.print_exception(failure.__cause__, file=sys.stderr)
         return 1
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: still say so before dying
-        emit({"type": "failed", "code": "trainer_error", "message": repr(exc), "param": None})
+        emit(Failed(code="trainer_error", message=repr(exc), param=None).wire())
         raise
     finally:
         close()

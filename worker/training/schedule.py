@@ -20,19 +20,22 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+import task_plugins
+from app.jobs.spec import Hyperparameters
+from task_plugins.base import MetricSpec
+from worker.training.events import EarlyStopped, TrainerEvent
 from worker.training.metrics import eval_fields
-from worker.training.spec import LOWER_IS_BETTER, Hyperparameters
 
 
-def is_better(value: float, than: float | None, metric: str, min_delta: float = 0.0) -> bool:
+def is_better(
+    metrics: MetricSpec, value: float, than: float | None, metric: str, min_delta: float = 0.0
+) -> bool:
     """Whether `value` improves on `than` by more than `min_delta` (NaN never improves)."""
     if math.isnan(value):
         return False
     if than is None:
         return True
-    if metric in LOWER_IS_BETTER:
-        return value < than - min_delta
-    return value > than + min_delta
+    return metrics.is_better(metric, value, than, min_delta)
 
 
 @dataclass
@@ -68,7 +71,7 @@ class TrainingSchedule(TrainerCallback):
         hp: Hyperparameters,
         task: str,
         pause_requested: Callable[[], bool],
-        note: Callable[[dict[str, Any]], None],
+        note: Callable[[TrainerEvent], None],
     ) -> None:
         self.eval_steps = hp.eval_steps
         self.checkpoint_steps = hp.checkpoint_steps
@@ -76,6 +79,7 @@ class TrainingSchedule(TrainerCallback):
         self.early_stopping = hp.early_stopping
         self.monitored = hp.monitored_metric
         self.task = task
+        self.metrics = task_plugins.get(task).metrics
         self.pause_requested = pause_requested
         self.note = note  # emits an event (rank 0) or does nothing (other ranks)
         self.steps_per_epoch = 1
@@ -146,7 +150,7 @@ class TrainingSchedule(TrainerCallback):
         """Record one evaluation; True when early stopping says to stop now."""
         value = _number(fields.get(self.best_metric))
         if value is not None and is_better(
-            value, self.best.value if self.best else None, self.best_metric
+            self.metrics, value, self.best.value if self.best else None, self.best_metric
         ):
             self.best = Best(step, value, fields)
         if self.early_stopping is None:
@@ -154,7 +158,13 @@ class TrainingSchedule(TrainerCallback):
         monitored = _number(fields.get(self.monitored))
         if monitored is None:
             return False
-        if is_better(monitored, self.monitor_best, self.monitored, self.early_stopping.min_delta):
+        if is_better(
+            self.metrics,
+            monitored,
+            self.monitor_best,
+            self.monitored,
+            self.early_stopping.min_delta,
+        ):
             self.monitor_best = monitored
             self.stale_evaluations = 0
             return False
@@ -162,28 +172,25 @@ class TrainingSchedule(TrainerCallback):
         if self.stale_evaluations < self.early_stopping.patience or replay:
             return False
         best = self.best
-        self.stopped_early = {
-            "step": step,
-            "metric": self.monitored,
-            "value": monitored,
-            "best_value": self.monitor_best,
-            "patience": self.early_stopping.patience,
-            "min_delta": self.early_stopping.min_delta,
-            "best_step": best.step if best else None,
-        }
-        direction = "fallen" if self.monitored in LOWER_IS_BETTER else "risen"
-        self.note(
-            {
-                "type": "early_stopped",
-                **self.stopped_early,
-                "message": (
-                    f"Early stopping at step {step}: {self.monitored} has not {direction} by more "
-                    f"than {self.early_stopping.min_delta:g} for {self.early_stopping.patience} "
-                    f"evaluation(s) (best {self.monitor_best:.4f}, now {monitored:.4f}); "
-                    f"keeping the best checkpoint, step {best.step if best else step}."
-                ),
-            }
+        direction = "fallen" if self.monitored in self.metrics.lower_is_better else "risen"
+        event = EarlyStopped(
+            step=step,
+            metric=self.monitored,
+            value=monitored,
+            best_value=self.monitor_best,
+            patience=self.early_stopping.patience,
+            min_delta=self.early_stopping.min_delta,
+            best_step=best.step if best else None,
+            message=(
+                f"Early stopping at step {step}: {self.monitored} has not {direction} by more "
+                f"than {self.early_stopping.min_delta:g} for {self.early_stopping.patience} "
+                f"evaluation(s) (best {self.monitor_best:.4f}, now {monitored:.4f}); "
+                f"keeping the best checkpoint, step {best.step if best else step}."
+            ),
         )
+        # the succeeded event repeats these fields (without the message)
+        self.stopped_early = {k: v for k, v in event.wire().items() if k not in ("type", "message")}
+        self.note(event)
         return True
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import task_plugins
 from app.files.formats import (
-    FORMATS_BY_TASK,
     LONG_EXAMPLE_TOKENS,
     DatasetError,
     FileReport,
@@ -135,7 +136,7 @@ def test_formats_by_task() -> None:
     assert {
         "classification": {"classification"},
         "causal-lm": {"prompt-completion", "chat"},
-    } == FORMATS_BY_TASK
+    } == {task.name: set(task.formats_for()) for task in task_plugins.TASKS}
 
 
 def test_formats_module_does_not_import_torch() -> None:
@@ -306,7 +307,7 @@ def test_long_examples_are_counted_with_their_lines(tmp_path: Path) -> None:
 
 
 def test_long_example_threshold_is_the_default_max_seq_length() -> None:
-    from app.jobs.service import DEFAULT_MAX_SEQ_LENGTH
+    from app.jobs.hyperparameters import DEFAULT_MAX_SEQ_LENGTH
 
     assert LONG_EXAMPLE_TOKENS == DEFAULT_MAX_SEQ_LENGTH
 
@@ -382,3 +383,39 @@ def test_read_examples_raises_with_line_numbers(tmp_path: Path) -> None:
 def test_read_examples_empty_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"^the file has no rows$"):
         read_examples(write(tmp_path, "t.csv", ""), "t.csv")
+
+
+# ---- a task's own kind of file ----
+
+
+@dataclass
+class ZipKind:
+    """A stand-in for a task whose uploads are archives (image classification, say)."""
+
+    name: str = "archive"
+
+    def claims(self, path: Path, filename: str) -> bool:
+        return filename.endswith(".zip")
+
+    def inspect(self, path: Path, filename: str, max_errors: int, min_examples: int) -> FileReport:
+        return FileReport("archive", {"rows": 2}, [], True, None)
+
+    def read(self, path: Path, filename: str) -> tuple[str, list[dict[str, Any]]]:
+        return "archive", [{"file": "a.png"}, {"file": "b.png"}]
+
+
+def test_a_task_file_kind_reads_its_own_uploads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = replace(task_plugins.TASKS[0], file_kinds=(ZipKind(),))
+    monkeypatch.setattr(task_plugins, "TASKS", (task, *task_plugins.TASKS[1:]))
+    archive = write(tmp_path, "images.zip", b"PK\x03\x04")
+    assert inspect_file(archive, "images.zip").format == "archive"
+    assert read_examples(archive, "images.zip") == (
+        "archive",
+        [{"file": "a.png"}, {"file": "b.png"}],
+    )
+    # everything else is still read as rows
+    assert (
+        inspect(tmp_path, "t.jsonl", jsonl({"text": "a", "label": "x"})).format == "classification"
+    )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from app.jobs import service, state
+from app.jobs import hyperparameters, state
 from app.jobs.reconciler import reconcile
 from tests.app.conftest import Api, upload_text
 
@@ -24,7 +24,7 @@ def test_create_resolves_defaults_and_enqueues_after_commit(api: Api) -> None:
     # "auto" n_epochs: 9 training rows (10 minus the validation split) -> 100 // 9 epochs
     assert hp["n_epochs"] == 11 and hp["batch_size"] == 16 and hp["learning_rate"] == 5e-4
     assert hp["learning_rate_multiplier"] == 1.0
-    assert {k: hp[k] for k in service.DEFAULT_OPTIONS} == service.DEFAULT_OPTIONS
+    assert {k: hp[k] for k in hyperparameters.DEFAULT_OPTIONS} == hyperparameters.DEFAULT_OPTIONS
     assert "train_on_inputs" not in hp  # causal LM only
     assert job["method"]["supervised"]["hyperparameters"] == hp
     assert api.enqueued == [job["id"]]

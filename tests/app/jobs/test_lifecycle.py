@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.ids import new_id
-from app.jobs import service, state
+from app.jobs import hyperparameters, service, state
 from app.jobs.reconciler import reconcile
 from app.storage import ArtifactStore
 from app.tables import JobCheckpointRow, JobRow
@@ -143,7 +143,7 @@ def test_hyperparameters_are_validated_and_written_back(api: Api) -> None:
 
 @pytest.mark.parametrize(("rows", "epochs"), [(1, 25), (9, 11), (40, 3), (100, 3), (20000, 1)])
 def test_auto_n_epochs_follows_the_dataset_size(rows: int, epochs: int) -> None:
-    assert service.auto_n_epochs(rows) == epochs
+    assert hyperparameters.auto_n_epochs(rows) == epochs
 
 
 def test_qlora_is_accepted_at_create_time(api: Api) -> None:
@@ -157,7 +157,8 @@ def test_qlora_is_accepted_at_create_time(api: Api) -> None:
     assert job["training_type"]["type"] == "qlora"
     # the learning rate of LoRA: QLoRA trains the same adapter
     assert (
-        job["hyperparameters"]["learning_rate"] == service.BASE_LEARNING_RATE[("causal-lm", "lora")]
+        job["hyperparameters"]["learning_rate"]
+        == hyperparameters.BASE_LEARNING_RATE[("causal-lm", "lora")]
     )
 
 
@@ -325,10 +326,3 @@ def test_from_checkpoint_starts_a_job_from_another_jobs_weights(api: Api) -> Non
     assert other_base.status_code == 400
     assert other_base.json()["error"]["code"] == "checkpoint_model_mismatch"
     assert "set model to tiny-bert" in other_base.json()["error"]["message"]
-
-
-def test_the_api_and_the_trainer_agree_on_the_metrics() -> None:
-    from worker.training import spec
-
-    assert service.METRICS_BY_TASK == spec.METRICS_BY_TASK
-    assert set(service.ADAPTER_TYPES) == spec.ADAPTER_TYPES

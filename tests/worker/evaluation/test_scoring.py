@@ -11,10 +11,11 @@ from typing import Any, cast
 import pytest
 import torch
 
+from app.failures import Failure
 from app.storage import ArtifactStore
 from tests.support.data import write_jsonl
 from tests.worker.inference.artifacts import LABELS, LM_FULL, cls_spec, copy_artifact, lm_spec
-from worker.evaluation.run import EvaluationFailure, evaluate
+from worker.evaluation.run import evaluate
 from worker.inference.loading import ModelSpec
 from worker.inference.predictors import Classification
 from worker.inference.service import InferenceService
@@ -172,7 +173,7 @@ def test_a_file_of_the_wrong_format_fails_with_its_reason(
 ) -> None:
     rows = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
     spec = spec_for(store, tmp_path, rows, model=lm_spec(llama_dir), compare_to=None)
-    with pytest.raises(EvaluationFailure) as failure:
+    with pytest.raises(Failure) as failure:
         evaluate(spec)
     assert failure.value.code == "invalid_file" and "classification format" in failure.value.message
 

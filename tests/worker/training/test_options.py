@@ -12,6 +12,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from app.failures import Failure
+from app.jobs.spec import parse_spec
+from task_plugins.causal_lm.training import encode_causal
 from tests.worker.training.conftest import (
     make_spec,
     prompt_completion_rows,
@@ -19,11 +22,9 @@ from tests.worker.training.conftest import (
     sentiment_rows,
 )
 from worker.training import run
-from worker.training.data import encode_causal
 from worker.training.metrics import IGNORE_INDEX
 from worker.training.packing import packing_supported
 from worker.training.recipes import load_model
-from worker.training.spec import TrainingFailure, parse_spec
 
 LORA = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
 FULL = {"type": "full"}
@@ -53,7 +54,7 @@ def test_hyperparameters_are_validated(
     tmp_path: Path, task: str, hp: dict[str, Any], param: str, text: str
 ) -> None:
     spec = make_spec(tmp_path, task, tmp_path, sentiment_rows(), **hp)
-    with pytest.raises(TrainingFailure) as caught:
+    with pytest.raises(Failure) as caught:
         parse_spec(spec)
     assert caught.value.code == "invalid_spec" and caught.value.param == param
     assert text in caught.value.message

@@ -10,8 +10,9 @@ from peft.utils import constants as peft_constants
 from torch import nn
 from transformers import PreTrainedModel
 
+from app.failures import Failure
+from app.jobs.spec import FreezeType, LoraType
 from worker.training.recipes import apply_recipe, count_parameters, find_blocks, load_model
-from worker.training.spec import TrainingFailure, TrainingType
 
 
 def ignore(level: str, text: str) -> None:
@@ -49,7 +50,7 @@ def test_freeze_trains_top_blocks_and_head(
     apply_recipe(
         bert_classifier,
         "classification",
-        TrainingType(type="freeze", trainable_layers=layers),
+        FreezeType(type="freeze", trainable_layers=layers),
         lambda level, text: notes.append(level),
     )
     names = trainable_names(bert_classifier)
@@ -63,7 +64,7 @@ def test_freeze_trains_top_blocks_and_head(
 def test_freeze_on_a_decoder_trains_final_norm_and_lm_head(llama: PreTrainedModel) -> None:
     found = find_blocks(llama)
     assert found is not None and found[0] == "model.layers"
-    apply_recipe(llama, "causal-lm", TrainingType(type="freeze", trainable_layers=1), ignore)
+    apply_recipe(llama, "causal-lm", FreezeType(type="freeze", trainable_layers=1), ignore)
     names = trainable_names(llama)
     assert {name.split(".")[0] + "." + name.split(".")[1] for name in names} == {
         "model.layers",
@@ -76,7 +77,7 @@ def test_freeze_on_a_decoder_trains_final_norm_and_lm_head(llama: PreTrainedMode
 
 
 def test_lora_default_targets_and_saved_head(bert_classifier: PreTrainedModel) -> None:
-    model = apply_recipe(bert_classifier, "classification", TrainingType(type="lora", r=2), ignore)
+    model = apply_recipe(bert_classifier, "classification", LoraType(type="lora", r=2), ignore)
     assert isinstance(model, PeftModel)
     names = trainable_names(model)
     assert any("query.lora_A" in name for name in names)
@@ -96,7 +97,7 @@ def test_lora_falls_back_to_all_linear_without_a_peft_default(
         "TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING",
         peft_constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING,
     )
-    model = apply_recipe(llama, "causal-lm", TrainingType(type="lora"), ignore)
+    model = apply_recipe(llama, "causal-lm", LoraType(type="lora"), ignore)
     adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name in trainable_names(model)}
     assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= adapted
     assert not any("lm_head" in name for name in trainable_names(model))
@@ -104,13 +105,15 @@ def test_lora_falls_back_to_all_linear_without_a_peft_default(
 
 def test_lora_explicit_targets_and_unknown_module(tiny_llama: Path) -> None:
     model = load_model("causal-lm", tiny_llama, [])
-    peft_model = apply_recipe(model, "causal-lm", TrainingType(target_modules=["up_proj"]), ignore)
+    peft_model = apply_recipe(
+        model, "causal-lm", LoraType(type="lora", target_modules=["up_proj"]), ignore
+    )
     assert all("up_proj.lora_" in name for name in trainable_names(peft_model))
-    with pytest.raises(TrainingFailure) as caught:
+    with pytest.raises(Failure) as caught:
         apply_recipe(
             load_model("causal-lm", tiny_llama, []),
             "causal-lm",
-            TrainingType(target_modules=["no_such_layer"]),
+            LoraType(type="lora", target_modules=["no_such_layer"]),
             ignore,
         )
     assert caught.value.code == "invalid_training_type"

@@ -23,6 +23,10 @@ from transformers import (
     set_seed,
 )
 
+from app.failures import Failure
+from task_plugins.causal_lm.metrics import token_accuracy
+from task_plugins.causal_lm.training import DEFAULT_CHAT_TEMPLATE, encode_causal
+from task_plugins.text_classification.training import encode_classification
 from tests.support.models import minilm_dir
 from tests.worker.training.conftest import (
     chat_rows,
@@ -33,15 +37,8 @@ from tests.worker.training.conftest import (
 )
 from worker.training import run
 from worker.training.callbacks import GuardedTrainer
-from worker.training.data import (
-    DEFAULT_CHAT_TEMPLATE,
-    PadCollator,
-    encode_causal,
-    encode_classification,
-)
-from worker.training.metrics import token_accuracy
+from worker.training.features import PadCollator
 from worker.training.recipes import load_model
-from worker.training.spec import TrainingFailure
 
 LORA = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
 FULL = {"type": "full"}
@@ -287,7 +284,7 @@ def test_carved_split_and_truncation_warning(tmp_path: Path, tiny_bert: Path) ->
         tiny_bert,
         sentiment_rows(),
         n_epochs=1,
-        max_seq_length=6,
+        max_seq_length=8,
         validation_split=0.25,
     )
     events: list[dict[str, Any]] = []
@@ -301,7 +298,7 @@ def test_carved_split_and_truncation_warning(tmp_path: Path, tiny_bert: Path) ->
     ]
     assert len(warnings_) == 1
     assert warnings_[0]["message"].startswith(
-        f"{truncated} of 24 rows are longer than max_seq_length (6 tokens)"
+        f"{truncated} of 24 rows are longer than max_seq_length (8 tokens)"
     )
 
 
@@ -370,17 +367,28 @@ def test_invalid_training_file_names_the_line(tmp_path: Path, tiny_bert: Path) -
     assert failed["message"] == "train.jsonl: line 25: 'text' is empty"
 
 
-def test_nan_loss(tmp_path: Path, tiny_bert: Path) -> None:
+def test_nan_loss(tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a learning rate the spec takes (at most 1) does not diverge reliably on a tiny model:
+    # the loss is made NaN instead, as a diverged run's would be
+    compute_loss = GuardedTrainer.compute_loss
+
+    def diverged(self: GuardedTrainer, *args: Any, **kwargs: Any) -> Any:
+        result = compute_loss(self, *args, **kwargs)
+        if isinstance(result, tuple):
+            return (result[0] * float("nan"), *result[1:])
+        return result * float("nan")
+
+    monkeypatch.setattr(GuardedTrainer, "compute_loss", diverged)
     spec = make_spec(
         tmp_path,
         "classification",
         tiny_bert,
         sentiment_rows(),
         training_type=FULL,
-        learning_rate=1e10,
+        learning_rate=0.5,
     )
     failed = expect_failure(tmp_path, spec, "nan_loss")
-    assert "Lower learning_rate (now 1e+10" in failed["message"]
+    assert "Lower learning_rate (now 0.5, try 0.05)" in failed["message"]
     assert failed["param"] == "hyperparameters"
     assert not (Path(spec["output_dir"]) / "model").exists()
 
@@ -421,14 +429,15 @@ def test_missing_base_model(tmp_path: Path) -> None:
 def test_train_raises_after_emitting_failed(tmp_path: Path, tiny_bert: Path) -> None:
     spec = make_spec(tmp_path, "classification", tiny_bert, sentiment_rows(), n_epochs=0)
     events: list[dict[str, Any]] = []
-    with pytest.raises(TrainingFailure) as caught:
+    with pytest.raises(Failure) as caught:
         run.train(spec, events.append)
     assert caught.value.code == "invalid_spec"
     assert events == [
         {
             "type": "failed",
             "code": "invalid_spec",
-            "message": "hyperparameter n_epochs is out of range: 0",
+            "message": "invalid trainer spec: hyperparameters.n_epochs is out of range: 0 "
+            "(it must be >= 1)",
             "param": "n_epochs",
         }
     ]

@@ -1,0 +1,177 @@
+"""The task interface: what one kind of training declares (torch-free).
+
+A task package's `__init__.py` builds one `TaskPlugin` from plain data and torch-free
+functions; the API imports it to validate uploads and job requests. Everything that needs
+torch is named by a `"module:attribute"` string and imported only where it runs (the trainer
+child, the evaluation child, the inference server), through `load_hook`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+Row = dict[str, Any]
+# The training method every task has; a method such as DPO adds its own key to `formats`.
+SUPERVISED = "supervised"
+
+
+def _same(row: Row) -> Row:
+    return row
+
+
+def _no_overhead(row: Row) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """A dataset layout of JSON lines (and CSV rows, when `csv`), detected by its keys.
+
+    The generic reader (app/files/formats.py) streams the file, detects the format from the
+    first row whose keys are exactly `columns`, and calls `check` on every row with those keys.
+    """
+
+    name: str
+    # the exact keys of a row (the CSV header's columns), in the order messages show them
+    columns: tuple[str, ...]
+    # the first problem of a row that has exactly these keys, or None
+    check: Callable[[Row], str | None]
+    # the row as training reads it (e.g. a label made a string)
+    normalize: Callable[[Row], Row] = _same
+    # characters of text in a (valid) row: a cheap size estimate
+    chars: Callable[[Row], int] = field(default=lambda row: 0)
+    # tokens a row costs beyond its characters (role headers of chat messages, ...)
+    token_overhead: Callable[[Row], int] = _no_overhead
+    csv: bool = True
+    # the column counted per value in the file's stats["labels"]
+    label_key: str | None = None
+    # a more helpful refusal than "unexpected key(s)" for some extra keys (None: the plain one)
+    extra_keys_problem: Callable[[set[str]], str | None] | None = None
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.columns)
+
+
+class FileKind(Protocol):
+    """An upload that is not rows of JSON or CSV (a zip of images, say): it claims a file by
+    its name or contents and reads it in its own way."""
+
+    name: str
+
+    def claims(self, path: Path, filename: str) -> bool: ...
+
+    def inspect(self, path: Path, filename: str, max_errors: int, min_examples: int) -> Any:
+        """An app.files.formats.FileReport."""
+        ...
+
+    def read(self, path: Path, filename: str) -> tuple[str, list[Row]]:
+        """(format, examples) for training; raises app.files.formats.DatasetError."""
+        ...
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """The figures an evaluation reports and how a job may use them."""
+
+    # the figures a job may pick its best checkpoint by and stop early on (best_metric)
+    selectable: tuple[str, ...]
+    lower_is_better: frozenset[str] = frozenset({"eval_loss"})
+    # scalar evaluation figures copied into a checkpoint's metrics, each under these names
+    checkpoint: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # figures computed from the others once an evaluation is in (perplexity from eval_loss)
+    derive: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda fields: {})
+
+    def is_better(self, metric: str, value: float, than: float, min_delta: float = 0.0) -> bool:
+        if metric in self.lower_is_better:
+            return value < than - min_delta
+        return value > than + min_delta
+
+
+@dataclass(frozen=True)
+class PredictorHook:
+    """How the inference server runs a model of this task (worker/inference/predictors.py).
+
+    Each string is a `"module:function"`; the inference server does not read these yet (see
+    docs/architecture.md, "The predictor hook").
+    """
+
+    # one round trip for a plain model and a list of inputs
+    predict: str
+    # inputs -> token rows, per request, on the batcher's thread
+    prepare: str
+    # token rows of several requests -> one forward
+    forward: str
+    # one row's forward output -> the prediction the API returns
+    finish: str
+    # the prediction's shape (a TypedDict)
+    output: str
+    # the request parameters it takes; any other is refused
+    parameters: frozenset[str]
+    # the kinds of input item it takes: "text" (a string), "chat" ({"messages": [...]})
+    inputs: frozenset[str]
+    streams: bool = False
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What a download holds and how to load it again."""
+
+    # the transformers class that loads the model (and the base under an adapter)
+    auto_class: str
+    # the Hub's pipeline tag in the model card
+    pipeline_tag: str
+    # whether tunery.json (and the loading code) carry the label names
+    labels: bool = False
+
+
+@dataclass(frozen=True)
+class TaskPlugin:
+    # the job's `task`, as the API shows it
+    name: str
+    # training method -> the formats a job of that method trains on
+    formats: Mapping[str, tuple[str, ...]]
+    # what a training file must hold, for error messages ("rows {...} or ...")
+    format_hint: str
+    # the row formats this package defines (other packages may train on them too)
+    row_formats: tuple[RowFormat, ...]
+    # which base models it takes: config.json's model_type ...
+    model_types: frozenset[str]
+    # ... or, failing that, an architecture name ending so (the longest match wins)
+    architecture_suffixes: tuple[str, ...]
+    metrics: MetricSpec
+    # job defaults
+    default_batch_size: int
+    # per training type; qlora trains the same adapter as lora
+    base_learning_rates: Mapping[str, float]
+    # the hyperparameters only this task takes, with their defaults
+    hyperparameters: Mapping[str, Any]
+    # "module:attribute" of the worker's TaskTrainer (worker/training/plugin.py)
+    trainer: str
+    # "module:function" scoring a loaded model on rows (worker/evaluation)
+    scorer: str
+    predictor: PredictorHook
+    export: ExportInfo
+    file_kinds: tuple[FileKind, ...] = ()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self.formats)
+
+    def formats_for(self, method: str = SUPERVISED) -> tuple[str, ...]:
+        return tuple(self.formats.get(method, ()))
+
+    def base_learning_rate(self, training_type: str) -> float:
+        return self.base_learning_rates["lora" if training_type == "qlora" else training_type]
+
+
+def load_hook(path: str) -> Any:
+    """The object a `"module:attribute"` string names (imports the module)."""
+    module, _, attribute = path.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"a hook is 'module:attribute', got {path!r}")
+    return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,76 @@
+"""Causal LM: supervised fine-tuning of a decoder on completions or chats. Torch-free; the
+worker's half is in `training` and `scoring`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from task_plugins.base import SUPERVISED, ExportInfo, MetricSpec, PredictorHook, TaskPlugin
+from task_plugins.causal_lm.formats import (
+    CHAT,
+    CHAT_ROWS,
+    PROMPT_COMPLETION,
+    PROMPT_COMPLETION_ROWS,
+)
+
+# config.json model_type values of decoders (they generate text).
+DECODER_TYPES = frozenset({
+    "llama", "gpt2", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+    "phi", "phi3", "gpt_neox", "gpt_neo", "gptj", "opt", "bloom", "falcon", "smollm3",
+    "olmo", "olmo2", "stablelm", "starcoder2", "granite", "codegen",
+})  # fmt: skip
+
+_PREDICTORS = "worker.inference.predictors"
+
+
+def perplexity(loss: float) -> float:
+    # exp overflows a float past ~709; an infinite perplexity says the same thing.
+    return math.exp(loss) if loss < 700 else math.inf
+
+
+def _derive(fields: dict[str, Any]) -> dict[str, Any]:
+    if fields.get("eval_loss") is None:
+        return {}
+    return {"perplexity": perplexity(float(fields["eval_loss"]))}
+
+
+TASK = TaskPlugin(
+    name="causal-lm",
+    formats={SUPERVISED: (PROMPT_COMPLETION, CHAT)},
+    format_hint='rows {"prompt": ..., "completion": ...} or {"messages": [...]}',
+    row_formats=(PROMPT_COMPLETION_ROWS, CHAT_ROWS),
+    model_types=DECODER_TYPES,
+    architecture_suffixes=("ForCausalLM", "LMHeadModel"),
+    metrics=MetricSpec(
+        selectable=("eval_loss", "perplexity", "token_accuracy"),
+        lower_is_better=frozenset({"eval_loss", "perplexity"}),
+        checkpoint={
+            "perplexity": ("perplexity",),
+            # OpenAI's checkpoint metrics call it so
+            "token_accuracy": (
+                "token_accuracy",
+                "valid_mean_token_accuracy",
+                "full_valid_mean_token_accuracy",
+            ),
+        },
+        derive=_derive,
+    ),
+    default_batch_size=8,
+    base_learning_rates={"lora": 2e-4, "full": 2e-5, "freeze": 1e-4},
+    # the loss on prompts / system and user turns too, not only on completions
+    hyperparameters={"train_on_inputs": False},
+    trainer="task_plugins.causal_lm.training:TRAINER",
+    scorer="task_plugins.causal_lm.scoring:score",
+    predictor=PredictorHook(
+        predict=f"{_PREDICTORS}:generate",
+        prepare=f"{_PREDICTORS}:encode_prompt",
+        forward=f"{_PREDICTORS}:generate_tokens",
+        finish=f"{_PREDICTORS}:finish",
+        output=f"{_PREDICTORS}:Generation",
+        parameters=frozenset({"max_new_tokens", "temperature", "top_p", "stop", "seed"}),
+        inputs=frozenset({"text", "chat"}),
+        streams=True,
+    ),
+    export=ExportInfo(auto_class="AutoModelForCausalLM", pipeline_tag="text-generation"),
+)
