@@ -26,7 +26,8 @@ from typing import Any, Literal
 import torch
 
 from app.storage import ArtifactStore
-from worker.inference.shared import ModelLoadError, SharedModel, model_memory_bytes, short_error
+from worker.inference.errors import ModelLoadError, short_error
+from worker.inference.shared import SharedModel, model_memory_bytes
 from worker.model_safety import UnsafeModel, check_model_folder
 
 Task = Literal["classification", "causal-lm"]
