@@ -202,3 +202,27 @@ def test_generation_mixes_adapters_in_one_batch(store: ArtifactStore, llama_dir:
     (base,) = service.cache.shared_stats()
     assert len(base["models"]) == 3
     assert service.engine_of(service.load(specs[0])).stats().largest_batch > 1
+
+
+def test_equal_tokenizer_files_are_shared_only_within_one_model_type(
+    store: ArtifactStore, llama_dir: Path, family_dirs: dict[str, Path]
+) -> None:
+    from transformers import AutoTokenizer
+
+    service = InferenceService(store, max_models=8)
+    adapter, qwen = store.local_dir(LM_ADAPTER), family_dirs["qwen2"]
+    # the Llama adapter and the Qwen2 model hold the same tokenizer files byte for byte ...
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (adapter / name).read_bytes() == (qwen / name).read_bytes()
+    text = "numbers 0 1 2"
+    # ... yet transformers reads them as another tokenizer under another model type
+    llama_ids = AutoTokenizer.from_pretrained(llama_dir)(text)["input_ids"]
+    qwen_ids = AutoTokenizer.from_pretrained(qwen)(text)["input_ids"]
+    assert llama_ids != qwen_ids
+    tuned = service.load(spec_of(lm_spec(llama_dir, LM_ADAPTER, key="ft:lora")))
+    again = service.load(spec_of(lm_spec(llama_dir, LM_ADAPTER, key="ft:lora-again")))
+    other = service.load(ModelSpec("base:qwen2", "causal-lm", str(qwen), None))
+    assert tuned.shared_tokenizer is again.shared_tokenizer
+    assert other.shared_tokenizer is not tuned.shared_tokenizer
+    assert tuned.tokenizer(text)["input_ids"] == llama_ids
+    assert other.tokenizer(text)["input_ids"] == qwen_ids
