@@ -365,6 +365,9 @@ def main() -> int:
         help="run one part: the MiniLM classification figures (1-4) or generation (G)",
     )
     parser.add_argument("--new-tokens", type=int, default=64, help="generation: per request")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="generation: torch threads per process"
+    )
     args = parser.parse_args()
     import torch
 
@@ -376,7 +379,7 @@ def main() -> int:
     if args.only != "classification":
         from predict_generation import run_generation
 
-        code = run_generation(args.rounds, args.new_tokens, hidden=64, layers=2)
+        code = run_generation(args.rounds, args.new_tokens, 64, 2, args.threads)
         if args.only == "generation" or code != 0:
             return code
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -278,26 +278,47 @@ class InferenceService:
         ended it, then None. Setting the returned event stops the generation early. Raises
         Overloaded, PredictionInputError and ModelLoadError before anything is emitted.
         """
-        if spec.task != "causal-lm":
-            raise PredictionInputError(
-                f"stream applies to causal-lm models; {spec.key!r} does {spec.task}",
-                param="stream",
-                code="unsupported_parameter",
-            )
-        check_parameters(spec, [item], parameters)
-        stack = ExitStack()
-        loaded = stack.enter_context(self.using(spec, pin))
+        _check_stream(spec, item, parameters)
+        return self._start_stream(spec, self.acquire(spec, pin), item, parameters, emit)
+
+    async def open_stream_async(
+        self,
+        spec: ModelSpec,
+        item: PromptInput,
+        parameters: Mapping[str, Any],
+        emit: Callable[[str | dict[str, Any] | BaseException | None], None],
+        pin: bool | None = None,
+    ) -> threading.Event:
+        """open_stream for an event loop: a loaded model's stream starts without a thread hop
+        (tokenizing one prompt costs less than handing it to a thread on a busy CPU)."""
+        _check_stream(spec, item, parameters)
+        held = self.cache.hold(spec.key, pin)
+        if held is None or held.spec != spec:
+            if held is not None:
+                self.cache.release(spec.key, held)
+            held = await asyncio.to_thread(self.acquire, spec, pin)
+        return self._start_stream(spec, held, item, parameters, emit)
+
+    def _start_stream(
+        self,
+        spec: ModelSpec,
+        loaded: LoadedModel,
+        item: PromptInput,
+        parameters: Mapping[str, Any],
+        emit: Callable[[str | dict[str, Any] | BaseException | None], None],
+    ) -> threading.Event:
+        """Submit a stream on `loaded` (acquired; released when the stream ends)."""
         try:
             job = Job(model=loaded, inputs=[item], parameters=parameters, emit=emit)
             # a stream reports problems before it starts, as an ordinary error response
             prepare(job)
             future = self._submit(job)
         except BaseException:
-            stack.close()
+            self.cache.release(spec.key, loaded)
             raise
 
         def done(settled: Future[list[Any]]) -> None:
-            stack.close()
+            self.cache.release(spec.key, loaded)
             if settled.cancelled():
                 emit(None)
                 return
@@ -312,6 +333,16 @@ class InferenceService:
 
         future.add_done_callback(done)
         return job.cancel
+
+
+def _check_stream(spec: ModelSpec, item: PromptInput, parameters: Mapping[str, Any]) -> None:
+    if spec.task != "causal-lm":
+        raise PredictionInputError(
+            f"stream applies to causal-lm models; {spec.key!r} does {spec.task}",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    check_parameters(spec, [item], parameters)
 
 
 def check_parameters(
