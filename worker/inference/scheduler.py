@@ -197,8 +197,13 @@ class DecodeEngine:
         width = 0
         while self._ready and len(newcomers) < free:
             candidate = self._ready[0]
-            if candidate.job.cancelled or candidate.job.future.done():
+            if candidate.job.future.done():  # failed, or its waiter gave up
                 self._ready.popleft()
+                continue
+            if candidate.job.cancelled:
+                # never started: it counts as finished with nothing, so that a request whose
+                # other inputs already run still settles (and releases its model)
+                self._settle(self._ready.popleft())
                 continue
             wider = max(width, len(candidate.prompt))
             if newcomers and wider * (len(newcomers) + 1) > PREFILL_TOKEN_BUDGET:

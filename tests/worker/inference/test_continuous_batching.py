@@ -256,3 +256,28 @@ def test_each_family_decodes_as_transformers_generate_does(
         eos = tokenizer.eos_token_id
         new = new[: new.index(eos)] if eos in new else new
         assert got["text"] == tokenizer.decode(new, skip_special_tokens=True), prompt
+
+
+def test_a_cancelled_request_settles_even_with_inputs_not_yet_started(
+    store: ArtifactStore, llama_dir: Path
+) -> None:
+    service = InferenceService(store, max_running=1)
+    spec = base_spec(llama_dir)
+    with held(service, [spec]) as (loaded,):
+        engine = service.engine_of(loaded)
+        job = Job(model=loaded, inputs=["hello world", "the movie was"], parameters=LONG)
+        engine.submit(job)
+        wait_until(lambda: engine.stats().steps > 2)  # the first input runs, the second waits
+        job.cancel.set()
+        first, second = _wait_done(job.future).result()
+    assert 0 < first["completion_tokens"] < 200 and second["completion_tokens"] == 0
+    assert engine.stats().running == 0 and engine.stats().waiting == 0
+
+
+def wait_until(check: Callable[[], bool]) -> None:
+    pause = threading.Event()
+    for _ in range(300):
+        if check():
+            return
+        pause.wait(0.1)
+    raise AssertionError("condition not reached in 30 s")
