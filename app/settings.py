@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # dynamic micro-batching: inputs per forward, and the longest a request waits for others
     inference_max_batch_size: int = Field(default=32, ge=1, le=1024)
     inference_max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    # continuous batching: sequences one base decodes together; and per base, the requests
+    # that may wait to start before more are refused with 503 + Retry-After
+    inference_max_running: int = Field(default=32, ge=1, le=1024)
+    inference_max_queue: int = Field(default=128, ge=1, le=100_000)
     # a worker process claims at most one job at a time; torch threads for the trainer
     trainer_threads: int | None = None
 

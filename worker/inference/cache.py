@@ -329,11 +329,6 @@ class ModelCache(Generic[M, S]):
                 for key, held in self._shared.items()
             ]
 
-    def shared_value(self, key: str) -> S | None:
-        with self._lock:
-            held = self._shared.get(key)
-            return held.value if held is not None else None
-
     def total_memory_bytes(self) -> int:
         with self._lock:
             return self._memory_bytes()

@@ -26,7 +26,8 @@ from typing import Any, Literal
 import torch
 
 from app.storage import ArtifactStore
-from worker.inference.shared import ModelLoadError, SharedModel, model_memory_bytes, short_error
+from worker.inference.errors import ModelLoadError, short_error
+from worker.inference.shared import SharedModel, model_memory_bytes
 from worker.model_safety import UnsafeModel, check_model_folder
 
 Task = Literal["classification", "causal-lm"]
@@ -350,8 +351,10 @@ def load_weights(task: Task, model_dir: Path, dtype: torch.dtype, num_labels: in
 
 
 def tokenizer_of(directory: Path, model: Any) -> SharedTokenizer:
-    """The tokenizer in directory, shared with every model whose tokenizer files are equal."""
-    digest = hashlib.sha256()
+    """The tokenizer in directory, shared with every model whose tokenizer files are equal
+    and whose model type is the same: AutoTokenizer picks the tokenizer class by model type,
+    and equal files load as different tokenizers under, say, Llama and Qwen2."""
+    digest = hashlib.sha256(str(getattr(model.config, "model_type", "")).encode() + b"\0")
     for name in TOKENIZER_PARTS:
         path = directory / name
         if path.is_file():

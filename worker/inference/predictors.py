@@ -49,6 +49,8 @@ class GenerationOptions:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # None: no top-k (the server does not take it from clients yet; the engine applies it)
+    top_k: int | None = None
 
     @classmethod
     def of(cls, parameters: Mapping[str, Any]) -> GenerationOptions:
@@ -178,17 +180,6 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return found
 
 
-class _StopWhenSet:
-    """A stopping criterion that ends every row once `event` is set (a client went away)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
-        done = self.event.is_set()
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-
 def generate_tokens(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -198,10 +189,10 @@ def generate_tokens(
     eos: Sequence[int],
     tokenizer: Any,
     extra: Mapping[str, Any] | None = None,
-    streamer: Any = None,
-    cancel: threading.Event | None = None,
 ) -> list[list[int]]:
-    """The new token ids of each prompt (rows that finished early end in padding)."""
+    """The new token ids of each prompt with one generate() call and one set of options
+    (rows that finished early end in padding). The server's engine decodes row by row
+    instead (worker/inference/scheduler.py); this serves callers with a plain model."""
     input_ids, attention_mask = pad_rows(prompts, pad_id, left=True)
     device = device_of(model)
     kwargs: dict[str, Any] = {
@@ -218,17 +209,10 @@ def generate_tokens(
             "do_sample": True,
             "temperature": options.temperature,
             "top_p": options.top_p,
-            "top_k": 0,
+            "top_k": options.top_k or 0,
         }
     else:
         kwargs["do_sample"] = False
-    if streamer is not None:
-        kwargs["streamer"] = streamer
-    if cancel is not None:
-        from transformers import StoppingCriteriaList
-
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(cancel)])
-
     seed = options.seed if options.sampled else None
     rng_guard: AbstractContextManager[Any] = _SAMPLING_LOCK if options.sampled else nullcontext()
     with rng_guard, _seeded(seed, device), torch.inference_mode():

@@ -153,6 +153,8 @@ class PredictResponse(BaseModel):
 
 
 class ModelStats(BaseModel):
+    """One loaded model, as the service reports it and /internal/models lists it."""
+
     key: str
     pinned: bool
     load_seconds: float
@@ -171,6 +173,10 @@ class BaseStats(BaseModel):
     memory_bytes: int
     load_seconds: float
     models: list[str]
+    # its engine: requests accepted and not started, and sequences (generation) or inputs
+    # (classification) being computed
+    waiting: int = 0
+    running: int = 0
 
 
 class ModelsResponse(BaseModel):
@@ -182,3 +188,5 @@ class ModelsResponse(BaseModel):
     memory_bytes: int
     max_batch_size: int
     max_wait_ms: float
+    max_running: int
+    max_queue: int

@@ -23,17 +23,16 @@ from starlette.exceptions import HTTPException
 
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore, get_store
+from worker.inference.errors import Overloaded
 from worker.inference.loading import ModelLoadError, pick_device
 from worker.inference.predictors import PredictionInputError
 from worker.inference.schemas import (
     INPUT_TAGS,
-    BaseStats,
     ExportRequest,
     ExportResponse,
     LoadRequest,
     LoadResponse,
     ModelsResponse,
-    ModelStats,
     PredictRequest,
     PredictResponse,
     UnloadRequest,
@@ -58,6 +57,8 @@ def create_app(
             memory_budget_bytes=settings.inference_memory_budget_bytes,
             max_batch_size=settings.inference_max_batch_size,
             max_wait_ms=settings.inference_max_wait_ms,
+            max_running=settings.inference_max_running,
+            max_queue=settings.inference_max_queue,
         )
     app = FastAPI(title="tunery inference", docs_url=None, redoc_url=None)
     app.state.service = service
@@ -75,7 +76,7 @@ def _add_routes(app: FastAPI, service: InferenceService) -> None:
     async def load(body: LoadRequest) -> LoadResponse:
         spec = body.model.to_spec()
         await run_in_threadpool(service.load, spec, body.pin)
-        report = next((r for r in service.reports() if r["key"] == spec.key), None)
+        report = next((r for r in service.reports() if r.key == spec.key), None)
         if report is None:  # evicted again at once: only a budget smaller than the model
             raise ModelLoadError(
                 f"{spec.key!r} loaded but does not fit the memory budget next to the pinned "
@@ -83,10 +84,10 @@ def _add_routes(app: FastAPI, service: InferenceService) -> None:
             )
         return LoadResponse(
             key=spec.key,
-            load_seconds=report["load_seconds"],
-            memory_bytes=report["memory_bytes"],
-            base=report["base"],
-            base_memory_bytes=report["base_memory_bytes"],
+            load_seconds=report.load_seconds,
+            memory_bytes=report.memory_bytes,
+            base=report.base,
+            base_memory_bytes=report.base_memory_bytes,
         )
 
     @app.post("/internal/unload")
@@ -116,15 +117,17 @@ def _add_routes(app: FastAPI, service: InferenceService) -> None:
 
     @app.get("/internal/models")
     async def models() -> ModelsResponse:
-        cache = service.cache
+        cache, limits = service.cache, service.limits
         return ModelsResponse(
-            models=[ModelStats(**report) for report in service.reports()],
-            bases=[BaseStats(**entry) for entry in cache.shared_stats()],
+            models=service.reports(),
+            bases=service.base_reports(),
             max_models=cache.max_models,
             memory_budget_bytes=cache.memory_budget_bytes,
             memory_bytes=cache.total_memory_bytes(),
-            max_batch_size=service.max_batch_size,
-            max_wait_ms=service.max_wait_ms,
+            max_batch_size=limits.max_batch_size,
+            max_wait_ms=limits.max_wait_ms,
+            max_running=limits.max_running,
+            max_queue=limits.max_queue,
         )
 
 
@@ -144,22 +147,19 @@ async def _stream(
     def emit(item: Any) -> None:
         loop.call_soon_threadsafe(events.put_nowait, item)
 
-    cancel = await run_in_threadpool(service.open_stream, spec, item, parameters, emit, pin)
+    cancel = await service.open_stream_async(spec, item, parameters, emit, pin)
 
     async def lines() -> AsyncIterator[str]:
         try:
             while True:
-                event = await events.get()
-                if event is None:
-                    yield "data: [DONE]\n\n"
+                # what piled up while the loop was busy goes out as one write: under many
+                # streams a write per token costs the loop more than the tokens themselves
+                pending = [await events.get()]
+                while not events.empty() and pending[-1] is not None:
+                    pending.append(events.get_nowait())
+                yield "".join(_sse(event) for event in pending)
+                if pending[-1] is None:
                     return
-                if isinstance(event, str):
-                    payload: dict[str, Any] = {"text": event}
-                elif isinstance(event, BaseException):
-                    payload = _stream_error(event)
-                else:
-                    payload = event
-                yield f"data: {json.dumps(payload)}\n\n"
         finally:
             # the client went away (or the stream ended): stop generating for nobody
             cancel.set()
@@ -167,7 +167,21 @@ async def _stream(
     return StreamingResponse(lines(), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+def _sse(event: Any) -> str:
+    if event is None:
+        return "data: [DONE]\n\n"
+    if isinstance(event, str):
+        payload: dict[str, Any] = {"text": event}
+    elif isinstance(event, BaseException):
+        payload = _stream_error(event)
+    else:
+        payload = event
+    return f"data: {json.dumps(payload)}\n\n"
+
+
 def _stream_error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, Overloaded):
+        return error_body(str(exc), type="server_error", code="overloaded")
     if isinstance(exc, ModelLoadError):
         return error_body(str(exc), param="model", code="model_load_failed")
     if isinstance(exc, PredictionInputError):
@@ -219,6 +233,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PredictionInputError)
     async def bad_input(request: Request, exc: PredictionInputError) -> JSONResponse:
         return _error(422, str(exc), param=exc.param, code=exc.code)
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        # answered at once, before anything ran: the control plane maps it for its users
+        response = _error(503, str(exc), type="server_error", code="overloaded")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(torch.OutOfMemoryError)
     async def out_of_memory(request: Request, exc: torch.OutOfMemoryError) -> JSONResponse:

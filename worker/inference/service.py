@@ -1,9 +1,10 @@
 """What the inference server does, without HTTP: load, unload, predict, stream, report.
 
-Every method blocks (torch work, file I/O); the server calls them from a threadpool. A
-predict checks its parameters, gets the model from the cache (loading it just in time, on
-the shared copy of its base), tokenizes its inputs in the caller's thread, and hands them
-to the base's batcher, which runs them together with whatever else is waiting.
+Every method blocks (torch work, file I/O) except predict_async; the server calls them from
+a threadpool. A predict checks its parameters, gets the model from the cache (loading it
+just in time, on the shared copy of its base) and hands it to the base's engine, which the
+service creates with the base and closes when the base goes: micro-batching for
+classification, continuous batching for generation (engine.py).
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import ExitStack, contextmanager
-from typing import Any, TypedDict
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 
 from app.storage import ArtifactStore
-from worker.inference.batching import Batcher, Job, StreamSink, prepare
+from worker.inference.batching import MicroBatcher
 from worker.inference.cache import ModelCache, Recipe
+from worker.inference.engine import UNLOADED, Engine, EngineLimits
+from worker.inference.errors import ModelLoadError
 from worker.inference.export import export_merged
+from worker.inference.jobs import Job, prepare
 from worker.inference.loading import (
     LoadedModel,
     LoadPlan,
@@ -37,26 +41,15 @@ from worker.inference.predictors import (
     PredictionInputError,
     PromptInput,
 )
+from worker.inference.scheduler import DecodeEngine
+from worker.inference.schemas import BaseStats, ModelStats
 from worker.inference.shared import SharedModel
 
 log = logging.getLogger(__name__)
 
 CLASSIFICATION_PARAMETERS = frozenset({"top_k"})
 GENERATION_PARAMETERS = frozenset({"max_new_tokens", "temperature", "top_p", "stop", "seed"})
-DEFAULT_MAX_BATCH_SIZE = 32
-DEFAULT_MAX_WAIT_MS = 5.0
-
-
-class ModelReport(TypedDict):
-    key: str
-    pinned: bool
-    load_seconds: float
-    memory_bytes: int
-    base: str | None
-    base_memory_bytes: int | None
-    requests_served: int
-    loaded_at: float
-    last_used: float
+DEFAULTS = EngineLimits()
 
 
 class InferenceService:
@@ -65,18 +58,23 @@ class InferenceService:
         store: ArtifactStore,
         max_models: int = 16,
         memory_budget_bytes: int | None = None,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        max_batch_size: int = DEFAULTS.max_batch_size,
+        max_wait_ms: float = DEFAULTS.max_wait_ms,
+        max_running: int = DEFAULTS.max_running,
+        max_queue: int = DEFAULTS.max_queue,
     ) -> None:
         self.store = store
-        self.max_batch_size = max_batch_size
-        self.max_wait_ms = max_wait_ms
+        self.limits = EngineLimits(max_batch_size, max_wait_ms, max_running, max_queue)
         self.cache: ModelCache[LoadedModel, SharedModel] = ModelCache(
             max_models,
             memory_budget_bytes,
-            on_evict=_detach,
-            on_release_shared=_release,
+            on_evict=self._detach,
+            on_release_shared=self._release,
         )
+        # one engine per loaded base; SharedModel hashes by identity, so a base loaded again
+        # under the same key never meets the engine of the copy that went
+        self._engines: dict[SharedModel, Engine] = {}
+        self._engines_lock = threading.Lock()
         # exports are rare and write one store key each; two at once would race on that key
         self._export_lock = threading.Lock()
 
@@ -128,8 +126,22 @@ class InferenceService:
 
     def _new_shared(self, load: LoadPlan) -> SharedModel:
         shared = load_shared(load)
-        shared.batcher = Batcher(shared, self.max_batch_size, self.max_wait_ms)
+        engine = self._new_engine(shared)
+        with self._engines_lock:
+            self._engines[shared] = engine
         return shared
+
+    def _new_engine(self, shared: SharedModel) -> Engine:
+        if shared.task == "causal-lm":
+            return DecodeEngine(shared, self.limits)
+        return MicroBatcher(shared, self.limits)
+
+    def engine_of(self, loaded: LoadedModel) -> Engine:
+        with self._engines_lock:
+            engine = self._engines.get(loaded.shared)
+        if engine is None:
+            raise ModelLoadError(UNLOADED)
+        return engine
 
     def unload(self, key: str) -> bool:
         return self.cache.unload(key)
@@ -139,29 +151,67 @@ class InferenceService:
         with self._export_lock:
             return export_merged(spec, self.store)
 
-    def reports(self) -> list[ModelReport]:
+    def reports(self) -> list[ModelStats]:
         """Per model: an adapter's memory_bytes are its own tensors and base_memory_bytes the
         base copy it shares; any other model's memory_bytes are its whole weights."""
         shared = {s["key"]: s["memory_bytes"] for s in self.cache.shared_stats()}
-        reports: list[ModelReport] = []
+        reports: list[ModelStats] = []
         for entry in self.cache.stats():
             base_bytes = shared.get(entry["shared"] or "", 0)
             loaded = self.cache.get_quietly(entry["key"])
             adapter = loaded is not None and loaded.format == "adapter"
             reports.append(
-                {
-                    "key": entry["key"],
-                    "pinned": entry["pinned"],
-                    "load_seconds": entry["load_seconds"],
-                    "memory_bytes": entry["memory_bytes"] if adapter else base_bytes,
-                    "base": entry["shared"],
-                    "base_memory_bytes": base_bytes if adapter else None,
-                    "requests_served": entry["requests_served"],
-                    "loaded_at": entry["loaded_at"],
-                    "last_used": entry["last_used"],
-                }
+                ModelStats(
+                    key=entry["key"],
+                    pinned=entry["pinned"],
+                    load_seconds=entry["load_seconds"],
+                    memory_bytes=entry["memory_bytes"] if adapter else base_bytes,
+                    base=entry["shared"],
+                    base_memory_bytes=base_bytes if adapter else None,
+                    requests_served=entry["requests_served"],
+                    loaded_at=entry["loaded_at"],
+                    last_used=entry["last_used"],
+                )
             )
         return reports
+
+    def base_reports(self) -> list[BaseStats]:
+        """Per loaded base: its memory, the models on it and what its engine is doing."""
+        with self._engines_lock:
+            engines = {shared.key: engine for shared, engine in self._engines.items()}
+        reports = []
+        for entry in self.cache.shared_stats():
+            engine = engines.get(entry["key"])
+            stats = engine.stats() if engine is not None else None
+            reports.append(
+                BaseStats(
+                    **entry,
+                    waiting=stats.waiting if stats else 0,
+                    running=stats.running if stats else 0,
+                )
+            )
+        return reports
+
+    def _detach(self, key: str, loaded: LoadedModel) -> None:
+        name = loaded.adapter_name
+        if name is None:
+            return
+        # on the base's engine thread, between forwards: the caller may be the event loop,
+        # which must not wait for a forward to end
+        with self._engines_lock:
+            engine = self._engines.get(loaded.shared)
+        if engine is None or not engine.call(lambda: loaded.shared.detach(name)):
+            loaded.shared.detach(name)
+
+    def _release(self, key: str, shared: SharedModel) -> None:
+        with self._engines_lock:
+            engine = self._engines.pop(shared, None)
+        if engine is not None:
+            engine.close()
+        # the released weights are garbage once in-flight requests drop them; hand the
+        # cached blocks back so the next load does not run out of GPU memory
+        if shared.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- predicting ------------------------------------------------------------------------
 
@@ -176,7 +226,8 @@ class InferenceService:
         ModelLoadError when the model cannot be loaded."""
         check_parameters(spec, inputs, parameters)
         with self.using(spec, pin) as loaded:
-            predictions = self._submit(loaded, inputs, parameters).result()
+            job = Job(model=loaded, inputs=list(inputs), parameters=parameters)
+            predictions = self._submit(job).result()
         self.cache.mark_served(spec.key)
         return predictions
 
@@ -196,26 +247,21 @@ class InferenceService:
             if held is not None:
                 self.cache.release(spec.key, held)
             held = await asyncio.to_thread(self.acquire, spec, pin)
+        job = Job(model=held, inputs=list(inputs), parameters=parameters)
         try:
-            predictions = await asyncio.wrap_future(self._submit(held, inputs, parameters))
+            predictions = await asyncio.wrap_future(self._submit(job))
+        except asyncio.CancelledError:
+            # the caller went away: its rows leave the decode batch at the next step
+            job.cancel.set()
+            raise
         finally:
             self.cache.release(spec.key, held)
         self.cache.mark_served(spec.key)
         return predictions
 
-    def _submit(
-        self,
-        loaded: LoadedModel,
-        inputs: Sequence[PromptInput],
-        parameters: Mapping[str, Any],
-        stream: StreamSink | None = None,
-    ) -> Future[list[Any]]:
-        job = Job(model=loaded, inputs=list(inputs), parameters=parameters, stream=stream)
-        if stream is not None:
-            # a stream reports problems before it starts, as an ordinary error response
-            prepare(job)
-        assert loaded.shared.batcher is not None
-        return loaded.shared.batcher.submit(job)
+    def _submit(self, job: Job) -> Future[list[Any]]:
+        """Raises Overloaded when the base's queue is full."""
+        return self.engine_of(job.model).submit(job)
 
     def open_stream(
         self,
@@ -229,26 +275,53 @@ class InferenceService:
 
         Afterwards `emit` gets each text delta (str), then either the closing
         `{"finish_reason", "prompt_tokens", "completion_tokens"}` or the exception that
-        ended it, then None. Setting the returned event stops the generation early.
+        ended it, then None. Setting the returned event stops the generation early. Raises
+        Overloaded, PredictionInputError and ModelLoadError before anything is emitted.
         """
-        if spec.task != "causal-lm":
-            raise PredictionInputError(
-                f"stream applies to causal-lm models; {spec.key!r} does {spec.task}",
-                param="stream",
-                code="unsupported_parameter",
-            )
-        check_parameters(spec, [item], parameters)
-        stack = ExitStack()
-        loaded = stack.enter_context(self.using(spec, pin))
+        _check_stream(spec, item, parameters)
+        return self._start_stream(spec, self.acquire(spec, pin), item, parameters, emit)
+
+    async def open_stream_async(
+        self,
+        spec: ModelSpec,
+        item: PromptInput,
+        parameters: Mapping[str, Any],
+        emit: Callable[[str | dict[str, Any] | BaseException | None], None],
+        pin: bool | None = None,
+    ) -> threading.Event:
+        """open_stream for an event loop: a loaded model's stream starts without a thread hop
+        (tokenizing one prompt costs less than handing it to a thread on a busy CPU)."""
+        _check_stream(spec, item, parameters)
+        held = self.cache.hold(spec.key, pin)
+        if held is None or held.spec != spec:
+            if held is not None:
+                self.cache.release(spec.key, held)
+            held = await asyncio.to_thread(self.acquire, spec, pin)
+        return self._start_stream(spec, held, item, parameters, emit)
+
+    def _start_stream(
+        self,
+        spec: ModelSpec,
+        loaded: LoadedModel,
+        item: PromptInput,
+        parameters: Mapping[str, Any],
+        emit: Callable[[str | dict[str, Any] | BaseException | None], None],
+    ) -> threading.Event:
+        """Submit a stream on `loaded` (acquired; released when the stream ends)."""
         try:
-            sink = StreamSink(emit=emit)
-            future = self._submit(loaded, [item], parameters, sink)
+            job = Job(model=loaded, inputs=[item], parameters=parameters, emit=emit)
+            # a stream reports problems before it starts, as an ordinary error response
+            prepare(job)
+            future = self._submit(job)
         except BaseException:
-            stack.close()
+            self.cache.release(spec.key, loaded)
             raise
 
-        def done(settled: Any) -> None:
-            stack.close()
+        def done(settled: Future[list[Any]]) -> None:
+            self.cache.release(spec.key, loaded)
+            if settled.cancelled():
+                emit(None)
+                return
             error = settled.exception()
             if error is not None:
                 emit(error)
@@ -259,7 +332,17 @@ class InferenceService:
             emit(None)
 
         future.add_done_callback(done)
-        return sink.cancel
+        return job.cancel
+
+
+def _check_stream(spec: ModelSpec, item: PromptInput, parameters: Mapping[str, Any]) -> None:
+    if spec.task != "causal-lm":
+        raise PredictionInputError(
+            f"stream applies to causal-lm models; {spec.key!r} does {spec.task}",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    check_parameters(spec, [item], parameters)
 
 
 def check_parameters(
@@ -282,22 +365,3 @@ def check_parameters(
                     f"inputs[{index}]: a classification model takes plain strings, not messages",
                     code="unsupported_input",
                 )
-
-
-def _detach(key: str, loaded: LoadedModel) -> None:
-    name = loaded.adapter_name
-    if name is None:
-        return
-    # on the base's batcher thread, between forwards: the caller may be the event loop,
-    # which must not wait for a forward to end
-    batcher = loaded.shared.batcher
-    if batcher is None or not batcher.call(lambda: loaded.shared.detach(name)):
-        loaded.shared.detach(name)
-
-
-def _release(key: str, shared: SharedModel) -> None:
-    shared.close()
-    # the evicted weights are garbage once in-flight requests drop them; hand the cached
-    # blocks back so the next load does not run out of GPU memory
-    if shared.device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -3,7 +3,8 @@
 Every adapter of a base runs on the same SharedModel: peft keeps each under its own adapter
 name, a batch picks one with `set_adapter` or mixes several with `adapter_names` (peft's
 mixed-adapter batches), and the bare base runs with the adapters disabled. Attaching,
-detaching and running all mutate or read that one module, so they hold `lock`.
+detaching and running all mutate or read that one module, so they hold `lock`. Who runs
+requests on it (a micro-batcher, a decode engine) is the inference service's business.
 """
 
 from __future__ import annotations
@@ -14,27 +15,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from worker.inference.batching import Batcher
+from worker.inference.errors import ModelLoadError, short_error
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # peft's name for "no adapter" inside a mixed batch
 BASE_ROW = "__base__"
 
 _adapter_ids = itertools.count(1)
-
-
-class ModelLoadError(Exception):
-    """A model that cannot be served; the message says why and is shown to the caller."""
-
-
-def short_error(exc: BaseException, limit: int = 1000) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def model_memory_bytes(model: torch.nn.Module) -> int:
@@ -60,7 +51,6 @@ class SharedModel:
     # torch modules are not safe to run from two threads at once, and on CPU one forward at a
     # time already uses every core
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
-    batcher: Batcher | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Any:
@@ -171,10 +161,6 @@ class SharedModel:
             else:
                 names = [a if a is not None else BASE_ROW for a in adapters]
                 yield self.peft, {"adapter_names": names}
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
 
 
 def _unwrap(peft_model: Any) -> Any:

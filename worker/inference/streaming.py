@@ -1,4 +1,4 @@
-"""Token-by-token text for streamed generations.
+"""The text of a sequence while it is generated: stop strings and streamed deltas.
 
 A delta is sent only once it is certain to be part of the final text: text that could be
 the start of a stop string is held back until the next tokens decide, and so is a half
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from transformers.generation.streamers import BaseStreamer
 
 from worker.inference.predictors import cut_at_stop, produced_tokens
 
@@ -34,47 +32,38 @@ def safe_prefix(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return safe.rstrip(REPLACEMENT), False
 
 
-class DeltaStreamer(BaseStreamer):
-    """Receives generate()'s tokens (batch of one) and emits text deltas."""
+class TextWatch:
+    """Decodes a sequence's tokens as they come: tells when a stop string appeared and, for
+    a stream, emits the text that became certain."""
 
     def __init__(
         self,
         tokenizer: Any,
         eos: Sequence[int],
         stops: Sequence[str],
-        emit: Callable[[str], None],
+        emit: Callable[[str], None] | None,
     ) -> None:
         self.tokenizer = tokenizer
         self.eos = list(eos)
         self.stops = list(stops)
         self.emit = emit
-        self.tokens: list[int] = []
         self.sent = ""
-        self._prompt_seen = False
-        self._stopped = False
 
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            # generate() hands over the prompt first
-            self._prompt_seen = True
-            return
-        if self._stopped:
-            return
-        self.tokens += [int(t) for t in value.reshape(-1).tolist()]
-        produced, ended = produced_tokens(self.tokens, self.eos, self.tokenizer.pad_token_id)
+    def update(self, tokens: Sequence[int]) -> bool:
+        """Look at all tokens generated so far; True when a stop string ended the text."""
+        produced, _ = produced_tokens(tokens, self.eos, self.tokenizer.pad_token_id)
         text = self.tokenizer.decode(produced, skip_special_tokens=True)
         safe, stopped = safe_prefix(text, self.stops)
-        self._stopped = stopped or ended
         self._send(safe)
-
-    def end(self) -> None:
-        pass
+        return stopped
 
     def finish(self, final_text: str) -> None:
         """Send what the final text holds beyond the deltas already sent."""
         self._send(final_text)
 
     def _send(self, text: str) -> None:
+        if self.emit is None:
+            return
         if len(text) > len(self.sent) and text.startswith(self.sent):
             delta = text[len(self.sent) :]
             self.sent = text

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import Settings
 from app.storage import ArtifactStore
-from tests.support.models import build_tiny_bert, build_tiny_llama
+from tests.support.models import build_tiny_bert, build_tiny_gpt2, build_tiny_llama
 from tests.worker.inference.artifacts import (
     CLS_ADAPTER,
     LM_ADAPTER,
@@ -36,6 +36,36 @@ def bert_dir(models_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def llama_dir(models_root: Path) -> Path:
     return build_tiny_llama(models_root / "llama")
+
+
+@pytest.fixture(scope="session")
+def family_dirs(models_root: Path, llama_dir: Path) -> dict[str, Path]:
+    """Tiny GPT-2 (learned positions, Conv1D) and Qwen2 (biased q/k/v) decoders."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    gpt2 = models_root / "gpt2"
+    if not (gpt2 / "config.json").exists():
+        build_tiny_gpt2(gpt2)
+    qwen = models_root / "qwen2"
+    if not (qwen / "config.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+        torch.manual_seed(0)
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+        )
+        Qwen2ForCausalLM(config).save_pretrained(qwen, safe_serialization=True)
+        tokenizer.save_pretrained(qwen)
+    return {"llama": llama_dir, "gpt2": gpt2, "qwen2": qwen}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Micro-batching: concurrent requests share forwards, each still gets its own answer."""
+"""Batching: concurrent requests share forwards, each still gets its own answer."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ def test_concurrent_classifications_share_forwards_up_to_the_batch_size(
         cast(list[Classification], service.predict(spec, [text], {"top_k": 1 + i % 3}))
         for i, text in enumerate(TEXTS)
     ]
-    batcher = service.load(spec).shared.batcher
-    assert batcher is not None
+    engine = service.engine_of(service.load(spec))
     with ThreadPoolExecutor(max_workers=24) as pool:
         futures = [
             pool.submit(service.predict, spec, [text], {"top_k": 1 + i % 3})
@@ -39,7 +38,7 @@ def test_concurrent_classifications_share_forwards_up_to_the_batch_size(
         assert got[0]["scores"].keys() == expected[0]["scores"].keys()
         for label, p in expected[0]["scores"].items():
             assert abs(got[0]["scores"][label] - p) < 1e-5
-    assert 1 < batcher.largest_batch <= 8
+    assert 1 < engine.stats().largest_batch <= 8
 
 
 def test_a_request_larger_than_the_batch_size_still_runs(
@@ -53,7 +52,7 @@ def test_a_request_larger_than_the_batch_size_still_runs(
     assert [p["label"] for p in batched] == [p["label"] for p in one_by_one]
 
 
-def test_generation_batches_requests_with_equal_parameters_only(
+def test_generation_requests_with_any_parameters_share_decode_steps(
     store: ArtifactStore, llama_dir: Path
 ) -> None:
     service = InferenceService(store, max_batch_size=32, max_wait_ms=50)
@@ -70,8 +69,8 @@ def test_generation_batches_requests_with_equal_parameters_only(
         futures = [pool.submit(service.predict, spec, prompts, p) for p in variants * 4]
         for future, expected in zip(futures, alone * 4, strict=True):
             assert future.result() == expected
-    batcher = service.load(spec).shared.batcher
-    assert batcher is not None and batcher.largest_batch > 1
+    # every request ran as it runs alone, yet the sequences shared forwards
+    assert service.engine_of(service.load(spec)).stats().largest_batch > 2
 
 
 def test_a_lone_request_does_not_wait_for_company(store: ArtifactStore, bert_dir: Path) -> None:

@@ -21,9 +21,8 @@ from tests.worker.inference.artifacts import (
     lm_spec,
     variant_of,
 )
-from worker.inference.loading import ModelLoadError, ModelSpec
+from worker.inference.loading import LoadedModel, ModelLoadError, ModelSpec
 from worker.inference.service import InferenceService
-from worker.inference.shared import SharedModel
 
 TEXTS = ["the movie was great and i loved it", "this is awful sad and bad", "hello"]
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
@@ -33,10 +32,10 @@ def spec_of(body: dict[str, Any]) -> ModelSpec:
     return ModelSpec(**body)
 
 
-def settle(shared: SharedModel) -> None:
+def settle(service: InferenceService, loaded: LoadedModel) -> None:
     """Wait until the base's thread did what was queued before now (adapters detach there)."""
     done = threading.Event()
-    assert shared.batcher is not None and shared.batcher.call(done.set)
+    assert service.engine_of(loaded).call(done.set)
     assert done.wait(30)
 
 
@@ -79,9 +78,9 @@ def test_ten_adapters_serve_from_one_copy_of_the_base(
 
     (base,) = service.cache.shared_stats()
     assert sorted(base["models"]) == sorted(s.key for s in specs)
-    reports = {r["key"]: r for r in service.reports()}
-    own = [reports[s.key]["memory_bytes"] for s in specs]
-    assert all(reports[s.key]["base_memory_bytes"] == base["memory_bytes"] for s in specs)
+    reports = {r.key: r for r in service.reports()}
+    own = [reports[s.key].memory_bytes for s in specs]
+    assert all(reports[s.key].base_memory_bytes == base["memory_bytes"] for s in specs)
     # about base + 10 adapters, not 10 bases
     assert service.cache.total_memory_bytes() == base["memory_bytes"] + sum(own)
     assert sum(own) < base["memory_bytes"]
@@ -100,8 +99,8 @@ def test_concurrent_requests_for_different_adapters_batch_and_match(
     # the bare base has two labels: a base copy of its own, batched on its own
     specs.append(spec_of(cls_spec(bert_dir, None, key="base:bert")))
     alone = {s.key: scores(service.predict(s, TEXTS, {})) for s in specs}
-    batcher = service.load(specs[0]).shared.batcher
-    assert batcher is not None and batcher.largest_batch == 1
+    engine = service.engine_of(service.load(specs[0]))
+    assert engine.stats().largest_batch == 1
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         futures = [(s, pool.submit(service.predict, s, TEXTS, {})) for s in specs * 4]
@@ -109,7 +108,7 @@ def test_concurrent_requests_for_different_adapters_batch_and_match(
     for spec, got in together:
         torch.testing.assert_close(got, alone[spec.key], atol=1e-5, rtol=1e-4)
     # the base's one batcher ran rows of several adapters in one forward
-    assert batcher.largest_batch > 1
+    assert engine.stats().largest_batch > 1
     assert service.load(specs[0]).shared.mixes_adapters
 
 
@@ -137,8 +136,9 @@ def test_the_bare_base_is_unchanged_by_adapters_coming_and_going(
             torch.testing.assert_close(scores(future.result()), expected)
     for spec in tuned:
         assert service.unload(spec.key)
-    base = service.load(base_spec).shared
-    settle(base)
+    loaded = service.load(base_spec)
+    settle(service, loaded)
+    base = loaded.shared
     assert base.peft is None and base.adapters == set()  # peft taken out again
     torch.testing.assert_close(scores(service.predict(base_spec, TEXTS, {})), before)
     assert not torch.allclose(tuned_scores[0], before, atol=1e-3)
@@ -176,7 +176,7 @@ def test_eviction_detaches_the_adapter_and_frees_the_base_with_the_last(
     service.load(specs[1])
     service.load(specs[2])
     assert specs[0].key not in service.cache
-    settle(first.shared)
+    settle(service, service.load(specs[1]))
     assert name not in first.shared.peft.peft_config
     assert len(first.shared.peft.peft_config) == 2
     service.unload(specs[1].key)
@@ -201,5 +201,28 @@ def test_generation_mixes_adapters_in_one_batch(store: ArtifactStore, llama_dir:
             assert future.result() == alone[spec.key]
     (base,) = service.cache.shared_stats()
     assert len(base["models"]) == 3
-    batcher = service.load(specs[0]).shared.batcher
-    assert batcher is not None and batcher.largest_batch > 1
+    assert service.engine_of(service.load(specs[0])).stats().largest_batch > 1
+
+
+def test_equal_tokenizer_files_are_shared_only_within_one_model_type(
+    store: ArtifactStore, llama_dir: Path, family_dirs: dict[str, Path]
+) -> None:
+    from transformers import AutoTokenizer
+
+    service = InferenceService(store, max_models=8)
+    adapter, qwen = store.local_dir(LM_ADAPTER), family_dirs["qwen2"]
+    # the Llama adapter and the Qwen2 model hold the same tokenizer files byte for byte ...
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (adapter / name).read_bytes() == (qwen / name).read_bytes()
+    text = "numbers 0 1 2"
+    # ... yet transformers reads them as another tokenizer under another model type
+    llama_ids = AutoTokenizer.from_pretrained(llama_dir)(text)["input_ids"]
+    qwen_ids = AutoTokenizer.from_pretrained(qwen)(text)["input_ids"]
+    assert llama_ids != qwen_ids
+    tuned = service.load(spec_of(lm_spec(llama_dir, LM_ADAPTER, key="ft:lora")))
+    again = service.load(spec_of(lm_spec(llama_dir, LM_ADAPTER, key="ft:lora-again")))
+    other = service.load(ModelSpec("base:qwen2", "causal-lm", str(qwen), None))
+    assert tuned.shared_tokenizer is again.shared_tokenizer
+    assert other.shared_tokenizer is not tuned.shared_tokenizer
+    assert tuned.tokenizer(text)["input_ids"] == llama_ids
+    assert other.tokenizer(text)["input_ids"] == qwen_ids

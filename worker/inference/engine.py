@@ -1,0 +1,95 @@
+"""The seam between the inference service and whatever runs requests on a loaded base.
+
+An Engine takes Jobs for the models on one SharedModel and settles each Job's future. Two
+implementations exist:
+
+- `batching.MicroBatcher` (classification): one forward per batch of waiting requests;
+- `scheduler.DecodeEngine` (causal LM): continuous batching, sequences join and leave a
+  running decode batch at token boundaries.
+
+The inference service picks one per base (`InferenceService._new_engine`). This is the
+seam where a causal-LM base on a CUDA GPU could be handed to vLLM instead (its async engine,
+one LoRA request per adapter): an engine that takes the same Jobs, applies the same queue
+limit and settles the same futures, with no change to the service, the server or the
+cache. It is not built: nothing here can run or test it.
+
+`Admission` is the queue limit both engines apply: a request that would wait behind
+`max_queue` others on the same base is refused at once with `Overloaded` (the server answers
+503 with Retry-After), instead of joining a queue it would time out in.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from worker.inference.errors import Overloaded
+from worker.inference.jobs import Job
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_batch_size: int = 32  # classification: inputs per forward
+    max_wait_ms: float = 5.0  # classification: the longest a request waits for company
+    max_running: int = 32  # generation: sequences in one decode batch
+    max_queue: int = 128  # requests waiting (not yet started) per base, beyond which: 503
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    waiting: int  # requests accepted and not started
+    running: int  # sequences (generation) or inputs (classification) being computed now
+    steps: int  # forwards run: batches, or prefill and decode steps
+    largest_batch: int  # the most rows one forward held
+
+
+class Engine(Protocol):
+    def submit(self, job: Job) -> Future[list[Any]]:
+        """Queue the job; raises Overloaded (queue full) or ModelLoadError (closed)."""
+        ...
+
+    def call(self, work: Callable[[], None]) -> bool:
+        """Run work on the engine's thread between forwards (detaching an adapter must not
+        overlap one); False when the engine is closed."""
+        ...
+
+    def close(self) -> None:
+        """Stop; queued and running requests fail with ModelLoadError."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+
+UNLOADED = "the model was unloaded while the request waited; send it again"
+
+
+class Admission:
+    """Counts the requests accepted but not started, and refuses one beyond max_queue."""
+
+    def __init__(self, max_queue: int) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        self.max_queue = max_queue
+        self._waiting = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                raise Overloaded(
+                    f"the model is at capacity: {self._waiting} requests already wait for it; "
+                    "retry after Retry-After seconds, or send fewer requests at once"
+                )
+            self._waiting += 1
+
+    def leave(self, count: int = 1) -> None:
+        with self._lock:
+            self._waiting = max(0, self._waiting - count)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return self._waiting
