@@ -9,6 +9,8 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.auth import Principal, RateLimiter
+from app.deployments.service import Serving
+from app.inference_client import InferenceClient
 from app.settings import Settings
 from app.storage import ArtifactStore
 
@@ -36,11 +38,25 @@ def get_store_dep(request: Request) -> ArtifactStore:
     return store
 
 
+# async: a plain def dependency would cost every request a thread hop
+async def get_inference(request: Request) -> InferenceClient:
+    """The async client of the inference server (closed at shutdown)."""
+    client: InferenceClient = request.app.state.inference
+    return client
+
+
+async def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
+
+
 # scope="function": commit before the response is sent, so a client that reads right after a
 # write (the openai SDK's create-then-retrieve) always sees it
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store_dep)]
+InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 async def require_principal(request: Request) -> Principal:

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter
 
-from app.deps import PrincipalDep, SessionDep, SettingsDep
+from app.deployments.sse import EventStream
+from app.deps import InferenceDep, PrincipalDep, ServingDep
 from app.errors import APIError, error_body, stream_response
+from app.inference_client import PredictStream
 from app.openai_compat import service
 from app.openai_compat.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -18,59 +19,49 @@ log = logging.getLogger(__name__)
 
 
 @router.post("/chat/completions", response_model=None, responses=stream_response())
-def chat_completions(
-    request: Request,
+async def chat_completions(
     principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    serving: ServingDep,
+    inference: InferenceDep,
     body: ChatCompletionRequest,
-) -> dict[str, Any] | StreamingResponse:
-    assert settings.models_dir is not None
-    generation = service.chat_generation(session, settings.models_dir, body, principal.project_id)
-    client = request.app.state.inference
+) -> dict[str, Any] | EventStream:
+    generation = await service.chat_generation(serving.lookup, body, principal.project_id)
     if body.stream:
-        events = service.start_stream(client, generation)
+        events, slot = await service.start_stream(inference, serving.limits, generation)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _event_stream(service.chat_chunks(generation, events, include_usage))
-    return service.chat_completion(generation, service.predict(client, generation))
+        chunks = service.chat_chunks(generation, events, include_usage)
+        return EventStream(_sse(chunks, events), on_close=slot.release)
+    prediction = await service.predict(inference, serving.limits, generation)
+    return service.chat_completion(generation, prediction)
 
 
 @router.post("/completions", response_model=None, responses=stream_response())
-def completions(
-    request: Request,
+async def completions(
     principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    serving: ServingDep,
+    inference: InferenceDep,
     body: CompletionRequest,
-) -> dict[str, Any] | StreamingResponse:
-    assert settings.models_dir is not None
-    generation = service.completion_generation(
-        session, settings.models_dir, body, principal.project_id
-    )
-    client = request.app.state.inference
+) -> dict[str, Any] | EventStream:
+    generation = await service.completion_generation(serving.lookup, body, principal.project_id)
     if body.stream:
-        events = service.start_stream(client, generation)
+        events, slot = await service.start_stream(inference, serving.limits, generation)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _event_stream(service.completion_chunks(generation, events, include_usage))
-    return service.text_completion(generation, service.predict(client, generation))
+        chunks = service.completion_chunks(generation, events, include_usage)
+        return EventStream(_sse(chunks, events), on_close=slot.release)
+    prediction = await service.predict(inference, serving.limits, generation)
+    return service.text_completion(generation, prediction)
 
 
-def _event_stream(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
-    return StreamingResponse(
-        _sse(chunks),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _sse(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+async def _sse(
+    chunks: AsyncIterator[dict[str, Any]], events: PredictStream
+) -> AsyncGenerator[str, None]:
     """Server-sent events as OpenAI sends them: `data: {json}`, then `data: [DONE]`.
 
     The status is already 200 when a failure happens mid-stream, so it is sent as an
     `{"error": {...}}` event, which the openai SDK raises as an APIError.
     """
     try:
-        for chunk in chunks:
+        async for chunk in chunks:
             yield f"data: {json.dumps(chunk)}\n\n"
     except APIError as exc:
         yield f"data: {json.dumps(error_body(exc.status, exc.message, exc.param, exc.code))}\n\n"
@@ -86,4 +77,6 @@ def _sse(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
         )
         yield f"data: {json.dumps(body)}\n\n"
         return
+    finally:
+        await events.aclose()  # the upstream response, even when the chunks stopped early
     yield "data: [DONE]\n\n"
