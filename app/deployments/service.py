@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,10 +184,11 @@ async def open_stream(
         slot.release()
         raise
 
-    def count(final: dict[str, Any] | None) -> None:
+    def done(final: dict[str, Any] | None) -> None:
+        slot.release()
         serving.usage.record(dep_id, of_predictions([final or {}]))
 
-    return sse_lines(stream, count), slot
+    return sse_lines(stream, done), slot
 
 
 async def predict_model(
@@ -220,7 +221,7 @@ async def open_model_stream(
     except BaseException:
         slot.release()
         raise
-    return sse_lines(stream, None), slot
+    return sse_lines(stream, lambda final: slot.release()), slot
 
 
 def check_streamable(spec: dict[str, Any], inputs: list[Any]) -> None:
@@ -242,10 +243,13 @@ def check_streamable(spec: dict[str, Any], inputs: list[Any]) -> None:
         )
 
 
-async def sse_lines(stream: PredictStream, count: Any | None = None) -> AsyncGenerator[str, None]:
+async def sse_lines(
+    stream: PredictStream, done: Callable[[dict[str, Any] | None], None]
+) -> AsyncGenerator[str, None]:
     """The inference server's events as server-sent events (docs/internals.md): text
     deltas, the finish event, then [DONE]; a failure mid-stream becomes an error event.
-    `count(final event or None)` is called once, before [DONE]."""
+    `done(final event or None)` runs once the upstream stream is over, before [DONE] goes
+    out: a client that sends its next request on [DONE] finds the slot free."""
     final: dict[str, Any] | None = None
     try:
         async for event in stream:
@@ -257,9 +261,7 @@ async def sse_lines(stream: PredictStream, count: Any | None = None) -> AsyncGen
         yield f"data: {json.dumps(body)}\n\n"
     finally:
         await stream.aclose()
-        if count is not None:
-            count(final)
-            count = None
+        done(final)
     yield "data: [DONE]\n\n"
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter
@@ -30,7 +30,7 @@ async def chat_completions(
         events, slot = await service.start_stream(inference, serving.limits, generation)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = service.chat_chunks(generation, events, include_usage)
-        return EventStream(_sse(chunks, events), on_close=slot.release)
+        return EventStream(_sse(chunks, events, slot.release), on_close=slot.release)
     prediction = await service.predict(inference, serving.limits, generation)
     return service.chat_completion(generation, prediction)
 
@@ -47,18 +47,19 @@ async def completions(
         events, slot = await service.start_stream(inference, serving.limits, generation)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = service.completion_chunks(generation, events, include_usage)
-        return EventStream(_sse(chunks, events), on_close=slot.release)
+        return EventStream(_sse(chunks, events, slot.release), on_close=slot.release)
     prediction = await service.predict(inference, serving.limits, generation)
     return service.text_completion(generation, prediction)
 
 
 async def _sse(
-    chunks: AsyncIterator[dict[str, Any]], events: PredictStream
+    chunks: AsyncIterator[dict[str, Any]], events: PredictStream, done: Callable[[], None]
 ) -> AsyncGenerator[str, None]:
     """Server-sent events as OpenAI sends them: `data: {json}`, then `data: [DONE]`.
 
     The status is already 200 when a failure happens mid-stream, so it is sent as an
-    `{"error": {...}}` event, which the openai SDK raises as an APIError.
+    `{"error": {...}}` event, which the openai SDK raises as an APIError. `done()` runs once
+    the upstream stream is over, before [DONE] goes out.
     """
     try:
         async for chunk in chunks:
@@ -79,4 +80,5 @@ async def _sse(
         return
     finally:
         await events.aclose()  # the upstream response, even when the chunks stopped early
+        done()
     yield "data: [DONE]\n\n"
