@@ -69,10 +69,14 @@ class UsageCounter:
         done = self._flushing = asyncio.Event()
         try:
             await asyncio.to_thread(self._write, deltas)
-        except Exception:
+        except Exception as exc:
             # not written: kept for the next flush (a commit whose outcome was lost with the
-            # connection may count twice; the database refused nothing else here)
-            log.exception("could not write usage counts; retrying at the next flush")
+            # connection may count twice; the database refuses nothing else here)
+            log.warning(
+                "could not write usage counts (%s: %s); kept for the next flush",
+                type(exc).__name__,
+                exc,
+            )
             for dep_id, usage in deltas.items():
                 self.record(dep_id, usage)
         finally:
