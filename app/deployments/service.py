@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.deployments import repository
@@ -260,8 +261,11 @@ async def sse_lines(
         body = error_body(exc.status, exc.message, exc.param, exc.code)
         yield f"data: {json.dumps(body)}\n\n"
     finally:
-        await stream.aclose()
         done(final)
+        # shielded: a client that hung up cancels this generator, and the upstream must
+        # still be closed, which tells the inference server to stop generating
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
     yield "data: [DONE]\n\n"
 
 

@@ -5,6 +5,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -81,6 +82,8 @@ async def _sse(
         yield f"data: {json.dumps(body)}\n\n"
         return
     finally:
-        await events.aclose()  # the upstream response, even when the chunks stopped early
         done()
+        # the upstream response, even when the chunks stopped early or the client hung up
+        with anyio.CancelScope(shield=True):
+            await events.aclose()
     yield "data: [DONE]\n\n"

@@ -12,6 +12,7 @@ of its own, so it never counts.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,9 @@ class FakeInference:
         self.calls: list[str] = []
         self.gate: asyncio.Event | None = None
         self.waiting = 0
+        # streams send one piece of text, then wait for this event before finishing
+        self.hold_streams = False
+        self.streams_closed = 0
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -118,7 +122,30 @@ class FakeInference:
         pin: bool | None = None,
     ) -> PredictStream:
         self._call("stream_predict")
+        if self.hold_streams:
+            return HeldStream(self)
         return PredictStream.of_prediction({"predictions": [prediction(spec, one_input)]})
+
+
+class HeldStream(PredictStream):
+    """A generation that sends one piece of text and then takes forever."""
+
+    def __init__(self, fake: FakeInference) -> None:
+        super().__init__(None, None)
+        self.fake = fake
+        self.closed = False
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.fake.streams_closed += 1
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            yield {"text": " hello"}
+            await asyncio.Event().wait()
+        finally:
+            await self.aclose()
 
 
 def prediction(spec: dict[str, Any], item: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -101,6 +102,32 @@ def test_requests_past_the_limit_are_refused_at_once_and_slots_come_back(
     assert limited.post(path, json={"inputs": ["hi"]}).status_code == 200
     # refused requests were not served, so they are not counted
     assert limited.get(f"/v1/deployments/{dep_id}").json()["requests_served"] == LIMIT + 2
+
+
+@pytest.mark.parametrize("path", ["deployment", "/v1/chat/completions"])
+def test_a_client_gone_mid_stream_frees_its_slot_and_stops_the_generation(
+    database_url: str, tmp_path: Path, tiny_models: Path, path: str
+) -> None:
+    app = make_api(database_url, tmp_path, tiny_models)
+    fake = FakeInference(TransactionWatch(engine_of(app)))
+    app.state.inference = fake
+    limits = app.state.serving.limits
+    with TestClient(app) as client:
+        dep_id = deploy(client, "tiny-llama")
+        fake.hold_streams = True
+        if path == "deployment":
+            path, body = f"/v1/deployments/{dep_id}/predict", {"inputs": ["hi"], "stream": True}
+        else:
+            body = {**CHAT, "stream": True}
+        with serve_in_thread(app) as url:  # a real socket, so the client can hang up
+            with httpx.stream("POST", url + path, json=body, timeout=30) as response:
+                assert response.status_code == 200
+                lines = response.iter_lines()
+                assert "hello" in next(line for line in lines if "hello" in line)
+                assert limits.in_flight("tiny-llama") == 1
+            wait_until(lambda: limits.in_flight("tiny-llama") == 0 and fake.streams_closed == 1)
+        if "deployments" in path:
+            assert client.get(f"/v1/deployments/{dep_id}").json()["requests_served"] == 1
 
 
 async def _new_event() -> Any:
