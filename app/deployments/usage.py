@@ -15,6 +15,7 @@ counts need no lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# reads that raced a flush are read again; past this they keep the last figures
+# reads that raced a flush are read again; past these they keep the last figures
 MAX_READ_ATTEMPTS = 10
+MAX_FLUSH_WAIT_SECONDS = 2.0
 
 
 @dataclass
@@ -93,14 +95,20 @@ class UsageCounter:
     async def exact(self, read: Callable[[], Awaitable[T]]) -> tuple[T, dict[str, Usage]]:
         """`read()` (rows from the database), read again until no flush overlapped it, and
         what was not flushed at that moment: together they count every request this
-        process served exactly once."""
+        process served exactly once. A flush the database keeps waiting (SQLite's write
+        lock held by a worker, say) is waited for at most MAX_FLUSH_WAIT_SECONDS; past that
+        the counts it carries are left out until it lands, never counted twice."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MAX_FLUSH_WAIT_SECONDS
         attempts = 0
         while True:
-            while self._flushing is not None:
-                await self._flushing.wait()
-            flushed = self._flushed
+            running = self._flushing
+            if running is not None and loop.time() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(running.wait(), deadline - loop.time())
+            running, flushed = self._flushing, self._flushed
             result = await read()
             attempts += 1
-            raced = self._flushing is not None or self._flushed != flushed
-            if not raced or attempts >= MAX_READ_ATTEMPTS:
+            settled = running is None and self._flushing is None and self._flushed == flushed
+            if settled or attempts >= MAX_READ_ATTEMPTS or loop.time() >= deadline:
                 return result, {k: Usage(**vars(v)) for k, v in self._pending.items()}
