@@ -20,6 +20,8 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth import KeyResolver, Principal, RateLimiter
+from app.deployments.service import Serving
+from app.inference_client import InferenceClient
 from app.reads import Reads
 from app.settings import Settings
 from app.storage import ArtifactStore
@@ -83,6 +85,16 @@ async def get_enqueue_job(request: Request) -> Enqueue:
 
 async def get_enqueue_evaluation(request: Request) -> Enqueue:
     return Enqueue(request.app.state.enqueue_evaluation, "evaluation")
+# async: a plain def dependency would cost every request a thread hop
+async def get_inference(request: Request) -> InferenceClient:
+    """The async client of the inference server (closed at shutdown)."""
+    client: InferenceClient = request.app.state.inference
+    return client
+
+
+async def get_serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
 
 
 # scope="function": commit before the response is sent, so a client that reads right after a
@@ -94,6 +106,8 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store_dep)]
 ReadsDep = Annotated[Reads, Depends(get_reads)]
 EnqueueJobDep = Annotated[Enqueue, Depends(get_enqueue_job)]
 EnqueueEvaluationDep = Annotated[Enqueue, Depends(get_enqueue_evaluation)]
+InferenceDep = Annotated[InferenceClient, Depends(get_inference)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 
 
 async def require_principal(request: Request) -> Principal:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,7 +23,12 @@ from app import db
 from app.auth import KeyResolver
 from app.broker import BrokerWatch, enqueue_evaluation, enqueue_job, make_celery
 from app.dashboard import install_dashboard
+from app.deployments import repository as deployments_repo
+from app.deployments.limits import ConcurrencyLimits
+from app.deployments.lookup import Lookup
 from app.deployments.routes import router as deployments_router
+from app.deployments.service import Serving
+from app.deployments.usage import Usage, UsageCounter
 from app.deps import require_principal
 from app.errors import document_errors, error_body, error_responses, install_error_handlers
 from app.evaluations.routes import router as evaluations_router
@@ -44,7 +53,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     settings = settings or get_settings()
     engine = db.make_engine(settings.database_url)
     store = ArtifactStore(settings.storage_url, settings.cache_dir)
-    inference = InferenceClient(settings.inference_url)
+    inference = InferenceClient(settings.inference_url, settings.inference_max_connections)
 
     celery = make_celery(settings)
 
@@ -69,6 +78,8 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
             )
             loop.start()
         await app.state.reads.open()
+        usage = app.state.serving.usage
+        flusher = asyncio.ensure_future(usage.run(settings.usage_flush_seconds))
         # uploads cut off by a crash leave <key>.partial-* files nobody lists; drop old ones
         threading.Thread(
             target=store.remove_partials,
@@ -77,10 +88,14 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
             daemon=True,
         ).start()
         yield
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        await usage.flush()  # what was counted since the last flush
         await app.state.reads.close()
         if loop is not None:
             loop.stop()
-        inference.close()
+        await inference.aclose()
         engine.dispose()
 
     app = FastAPI(
@@ -97,6 +112,19 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     app.state.celery = celery
     app.state.sessionmaker = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
     app.state.reads = make_reads(settings.database_url, engine)
+    assert settings.models_dir is not None
+    app.state.serving = Serving(
+        make_session=app.state.sessionmaker,
+        models_dir=settings.models_dir,
+        lookup=Lookup(
+            app.state.reads,
+            app.state.sessionmaker,
+            settings.models_dir,
+            settings.serving_cache_seconds,
+        ),
+        limits=ConcurrencyLimits(settings.serving_max_concurrency),
+        usage=UsageCounter(partial(_write_usage, app.state.sessionmaker)),
+    )
     app.state.keys = KeyResolver(app.state.sessionmaker)
 
     install_error_handlers(app)
@@ -142,7 +170,8 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
             checks["broker"] = "ok"
         except Exception as exc:
             checks["broker"] = f"unreachable: {type(exc).__name__}"
-        checks["inference"] = "ok" if inference.healthy() else "unreachable"
+        healthy = anyio.from_thread.run(inference.healthy)
+        checks["inference"] = "ok" if healthy else "unreachable"
         ready = checks["database"] == "ok" and checks["broker"] == "ok"
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks},
@@ -150,6 +179,12 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         )
 
     return app
+
+
+def _write_usage(make_session: sessionmaker[Session], deltas: dict[str, Usage]) -> None:
+    with make_session() as session:
+        deployments_repo.add_usage(session, deltas)
+        session.commit()
 
 
 # what a multipart body may add to the file it carries (boundaries, headers, form fields)

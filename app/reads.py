@@ -1,4 +1,4 @@
-"""The hot read path: job status, which every client polls.
+"""The hot read path: job status, which every client polls, and the deployments that serve.
 
 A request through the ORM in a worker thread costs four database round trips (pool ping,
 BEGIN, SELECT, ROLLBACK) plus a thread hop. On Postgres this reads the row on the event loop
@@ -8,24 +8,48 @@ takes ~15 us there, where a pooled SQLAlchemy connection in a thread took ~0.8 m
 API's one core. In WAL mode readers never wait for writers; in the rare case the file is
 busy anyway (a checkpoint, recovery after a crash), that request waits in a thread instead
 of blocking the loop. Writes never come here; they go through sessions and the services.
+None of these reads opens a transaction (autocommit), so none can hold a lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Table, text
 from sqlalchemy.engine import Engine, make_url
 
-from app.tables import JobRow
+from app.tables import DeploymentRow, JobRow
 
-_JOB_COLUMNS = [c.name for c in JobRow.__table__.columns]
-# scoped to the caller's project in the same query: another project's job reads as missing
-_JOB_SQL = f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = %s AND project_id = %s"
-_JOB_SQL_QMARK = _JOB_SQL.replace("%s", "?")
+
+class Query:
+    """One SELECT of a table's columns, written once with :named parameters: sqlite3 and
+    SQLAlchemy's text() take them as they are, psycopg as %(named)s."""
+
+    def __init__(self, table: Any, where: str) -> None:
+        self.table: Table = table
+        self.columns = [c.name for c in self.table.columns]
+        self.sql = f"SELECT {', '.join(self.columns)} FROM {self.table.name} WHERE {where}"
+        self.pyformat = re.sub(r":(\w+)", r"%(\1)s", self.sql)
+        # typed: SQLAlchemy turns each column's value into what the ORM would hold
+        self.typed = text(self.sql).columns(*self.table.columns)
+
+    def row(self, values: Any) -> SimpleNamespace:
+        return SimpleNamespace(**dict(zip(self.columns, values, strict=True)))
+
+
+# every query is scoped to the caller's project: another project's row reads as missing
+JOB = Query(JobRow.__table__, "id = :id AND project_id = :project_id")
+DEPLOYMENT = Query(
+    DeploymentRow.__table__, "id = :id AND project_id = :project_id AND deleted = false"
+)
+DEPLOYMENTS = Query(
+    DeploymentRow.__table__,
+    "project_id = :project_id AND deleted = false ORDER BY created_at DESC",
+)
 
 
 class Reads(Protocol):
@@ -33,11 +57,38 @@ class Reads(Protocol):
 
     async def close(self) -> None: ...
 
+    async def rows(self, query: Query, params: dict[str, Any]) -> list[Any]:
+        """The rows' columns as attributes."""
+
     async def job(self, job_id: str, project_id: str) -> Any | None:
-        """The job row's columns as attributes, or None (also for another project's job)."""
+        """The job row, or None (also for another project's job)."""
+
+    async def deployment(self, dep_id: str, project_id: str) -> Any | None:
+        """The deployment row unless deleted, or None (also for another project's)."""
+
+    async def deployments(self, project_id: str) -> list[Any]:
+        """The project's deployments that are not deleted, newest first."""
 
 
-class ThreadReads:
+class _Queries:
+    """The reads, on top of each backend's rows()."""
+
+    async def rows(self, query: Query, params: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    async def job(self, job_id: str, project_id: str) -> Any | None:
+        found = await self.rows(JOB, {"id": job_id, "project_id": project_id})
+        return found[0] if found else None
+
+    async def deployment(self, dep_id: str, project_id: str) -> Any | None:
+        found = await self.rows(DEPLOYMENT, {"id": dep_id, "project_id": project_id})
+        return found[0] if found else None
+
+    async def deployments(self, project_id: str) -> list[Any]:
+        return await self.rows(DEPLOYMENTS, {"project_id": project_id})
+
+
+class ThreadReads(_Queries):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
@@ -47,30 +98,32 @@ class ThreadReads:
     async def close(self) -> None:
         return None
 
-    def _job(self, job_id: str, project_id: str) -> Any | None:
-        columns = JobRow.__table__.c
+    def _rows(self, query: Query, params: dict[str, Any]) -> list[Any]:
         with self.engine.connect() as conn:
-            query = select(JobRow.__table__).where(
-                columns.id == job_id, columns.project_id == project_id
-            )
-            row = conn.execute(query).mappings().first()
-        return None if row is None else SimpleNamespace(**row)
+            found = conn.execute(query.typed, params).all()
+        return [query.row(values) for values in found]
 
-    async def job(self, job_id: str, project_id: str) -> Any | None:
-        return await asyncio.to_thread(self._job, job_id, project_id)
+    async def rows(self, query: Query, params: dict[str, Any]) -> list[Any]:
+        return await asyncio.to_thread(self._rows, query, params)
 
 
-class SqliteReads:
+class SqliteReads(_Queries):
     def __init__(self, path: str, engine: Engine) -> None:
         self.path = path
         self.busy = ThreadReads(engine)  # waits out a busy file, in a thread
         self.conn: sqlite3.Connection | None = None
-        # what SQLAlchemy does to each column's value (JSON text to objects, 0/1 to bools)
-        dialect = engine.dialect
-        self.processors = [
-            c.type.dialect_impl(dialect).result_processor(dialect, None)
-            for c in JobRow.__table__.columns
-        ]
+        self.dialect = engine.dialect
+        self.processors: dict[str, list[Any]] = {}
+
+    def _processors(self, table: Table) -> list[Any]:
+        """What SQLAlchemy does to each column's value (JSON text to objects, 0/1 to bools)."""
+        found = self.processors.get(table.name)
+        if found is None:
+            found = self.processors[table.name] = [
+                c.type.dialect_impl(self.dialect).result_processor(self.dialect, None)
+                for c in table.columns
+            ]
+        return found
 
     async def open(self) -> None:
         return None  # connected at the first read: never creates a file before migrations
@@ -80,26 +133,27 @@ class SqliteReads:
             self.conn.close()
             self.conn = None
 
-    async def job(self, job_id: str, project_id: str) -> Any | None:
+    async def rows(self, query: Query, params: dict[str, Any]) -> list[Any]:
         try:
             if self.conn is None:
                 # timeout=0: a busy file raises at once rather than block the event loop
                 self.conn = sqlite3.connect(
                     self.path, timeout=0, isolation_level=None, check_same_thread=False
                 )
-            row = self.conn.execute(_JOB_SQL_QMARK, (job_id, project_id)).fetchone()
+            found = self.conn.execute(query.sql, params).fetchall()
         except sqlite3.OperationalError:
-            return await self.busy.job(job_id, project_id)
-        if row is None:
-            return None
-        values = (
-            value if process is None else process(value)
-            for process, value in zip(self.processors, row, strict=True)
-        )
-        return SimpleNamespace(**dict(zip(_JOB_COLUMNS, values, strict=True)))
+            return await self.busy.rows(query, params)
+        processors = self._processors(query.table)
+        return [
+            query.row(
+                value if process is None else process(value)
+                for process, value in zip(processors, values, strict=True)
+            )
+            for values in found
+        ]
 
 
-class PostgresReads:
+class PostgresReads(_Queries):
     def __init__(self, database_url: str, max_size: int = 16) -> None:
         from psycopg_pool import AsyncConnectionPool
 
@@ -120,11 +174,11 @@ class PostgresReads:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def job(self, job_id: str, project_id: str) -> Any | None:
+    async def rows(self, query: Query, params: dict[str, Any]) -> list[Any]:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(_JOB_SQL, (job_id, project_id))  # prepared after 5 uses
-            row = await cursor.fetchone()
-        return None if row is None else SimpleNamespace(**dict(zip(_JOB_COLUMNS, row, strict=True)))
+            cursor = await conn.execute(query.pyformat, params)  # prepared after 5 uses
+            found = await cursor.fetchall()
+        return [query.row(values) for values in found]
 
 
 def make_reads(database_url: str, engine: Engine) -> Reads:

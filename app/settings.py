@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     # that may wait to start before more are refused with 503 + Retry-After
     inference_max_running: int = Field(default=32, ge=1, le=1024)
     inference_max_queue: int = Field(default=128, ge=1, le=100_000)
+    # serving through the API (docs/serving.md): connections the API keeps open to the
+    # inference server, requests in flight per served model in each API process (past it: a
+    # 503 with Retry-After at once), how long a deployment's row and a model's serving spec
+    # are trusted before they are read again, and how often usage counts are written
+    inference_max_connections: int = Field(default=256, ge=1)
+    serving_max_concurrency: int = Field(default=64, ge=1)
+    serving_cache_seconds: float = Field(default=2.0, ge=0)
+    usage_flush_seconds: float = Field(default=1.0, gt=0)
     # a worker process claims at most one job at a time; torch threads for the trainer
     trainer_threads: int | None = None
 

@@ -166,7 +166,10 @@ class DeploymentRow(Base):
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # an adapter's share: the base copy it runs on with every other adapter of that base
     base_memory_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # usage through the deployment, flushed from each API process's counts (usage.py)
     requests_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     # the owning project (app/auth.py): every query a request makes filters by it
     project_id: Mapped[str | None] = mapped_column(

@@ -1,9 +1,13 @@
+"""Deployments and predict. The serving routes run on the event loop and never hold a
+database session while the inference server works (service.py says how)."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Request
-from fastapi.responses import StreamingResponse
+import anyio
+from fastapi import APIRouter, BackgroundTasks
+from fastapi.responses import JSONResponse
 
 from app.deployments import service
 from app.deployments.schemas import (
@@ -12,100 +16,86 @@ from app.deployments.schemas import (
     ModelPredictRequest,
     PredictRequest,
 )
-from app.deps import PrincipalDep, SessionDep, SettingsDep
+from app.deployments.sse import EventStream
+from app.deps import InferenceDep, PrincipalDep, ServingDep, SessionDep, SettingsDep
 from app.errors import stream_response
 
 router = APIRouter(prefix="/v1", tags=["deployments"])
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
 
 @router.post("/deployments", response_model=DeploymentPublic)
 def create_deployment(
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
+    serving: ServingDep,
+    inference: InferenceDep,
     background: BackgroundTasks,
     body: DeploymentCreate,
 ) -> DeploymentPublic:
-    assert settings.models_dir is not None
     row = service.create(session, settings.models_dir, body.model, principal.project_id)
-    session.commit()
+    session.commit()  # the load runs after the response, with no session open
     background.add_task(
-        service.load_in_background,
-        request.app.state.sessionmaker,
-        request.app.state.inference,
-        settings.models_dir,
-        row.id,
+        service.load_in_background, serving, inference, row.id, row.model, principal.project_id
     )
     return DeploymentPublic.of(row)
 
 
 @router.get("/deployments")
-def list_deployments(principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
-    rows = service.list_all(session, principal.project_id)
-    return {"object": "list", "data": [DeploymentPublic.of(r).model_dump() for r in rows]}
+async def list_deployments(principal: PrincipalDep, serving: ServingDep) -> dict[str, Any]:
+    rows = await service.list_all(serving, principal.project_id)
+    data = [DeploymentPublic.of(row, pending).model_dump() for row, pending in rows]
+    return {"object": "list", "data": data}
 
 
 @router.get("/deployments/{dep_id}", response_model=DeploymentPublic)
-def retrieve_deployment(
-    principal: PrincipalDep, session: SessionDep, dep_id: str
+async def retrieve_deployment(
+    principal: PrincipalDep, serving: ServingDep, dep_id: str
 ) -> DeploymentPublic:
-    return DeploymentPublic.of(service.get(session, dep_id, principal.project_id))
+    row, pending = await service.retrieve(serving, dep_id, principal.project_id)
+    return DeploymentPublic.of(row, pending)
 
 
 @router.delete("/deployments/{dep_id}")
-def delete_deployment(
-    request: Request, principal: PrincipalDep, session: SessionDep, dep_id: str
+async def delete_deployment(
+    principal: PrincipalDep, serving: ServingDep, inference: InferenceDep, dep_id: str
 ) -> dict[str, Any]:
-    service.delete(session, request.app.state.inference, dep_id, principal.project_id)
+    def delete() -> tuple[str, bool]:
+        with serving.make_session() as session:
+            deleted = service.mark_deleted(session, dep_id, principal.project_id)
+            session.commit()
+            return deleted
+
+    model, still_deployed = await anyio.to_thread.run_sync(delete)
+    serving.lookup.forget_deployment(dep_id)  # stops answering in this process at once
+    if not still_deployed:
+        await service.unload(inference, model)
     return {"id": dep_id, "object": "deployment", "deleted": True}
 
 
 @router.post("/deployments/{dep_id}/predict", response_model=None, responses=stream_response())
-def predict(
-    request: Request,
+async def predict(
     principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    serving: ServingDep,
+    inference: InferenceDep,
     dep_id: str,
     body: PredictRequest,
-) -> dict[str, Any] | StreamingResponse:
-    assert settings.models_dir is not None
-    args = (session, request.app.state.inference, settings.models_dir)
+) -> JSONResponse | EventStream:
+    args = (serving, inference, dep_id, body.inputs, body.parameters, principal.project_id)
     if body.stream:
-        stream = service.open_stream(
-            *args, dep_id, body.inputs, body.parameters, principal.project_id
-        )
-        session.commit()  # the request count; the stream outlives the request's session
-        return _event_stream(stream)
-    return service.predict(*args, dep_id, body.inputs, body.parameters, principal.project_id)
+        lines, slot = await service.open_stream(*args)
+        return EventStream(lines, on_close=slot.release)
+    # already plain JSON types: skipping FastAPI's encoder saves ~0.2 ms a request
+    return JSONResponse(await service.predict(*args))
 
 
 @router.post("/predict", response_model=None, responses=stream_response())
-def predict_model(
-    request: Request,
-    principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
-    body: ModelPredictRequest,
-) -> dict[str, Any] | StreamingResponse:
+async def predict_model(
+    principal: PrincipalDep, serving: ServingDep, inference: InferenceDep, body: ModelPredictRequest
+) -> JSONResponse | EventStream:
     """Any base or fine-tuned model, loaded just in time; a deployment keeps one warm."""
-    assert settings.models_dir is not None
-    args = (session, request.app.state.inference, settings.models_dir)
+    args = (serving, inference, body.model, body.inputs, body.parameters, principal.project_id)
     if body.stream:
-        return _event_stream(
-            service.open_model_stream(
-                *args, body.model, body.inputs, body.parameters, principal.project_id
-            )
-        )
-    return service.predict_model(
-        *args, body.model, body.inputs, body.parameters, principal.project_id
-    )
-
-
-def _event_stream(stream: Any) -> StreamingResponse:
-    return StreamingResponse(
-        service.sse_lines(stream), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+        lines, slot = await service.open_model_stream(*args)
+        return EventStream(lines, on_close=slot.release)
+    return JSONResponse(await service.predict_model(*args))

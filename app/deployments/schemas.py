@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.tables import DeploymentRow
+from app.deployments.usage import Usage
 
 # The inference server checks every limit again and says which one; these only keep
 # absurd bodies from crossing the wire.
@@ -42,10 +42,16 @@ class DeploymentPublic(BaseModel):
     # with every other model of that base; any other model: its whole weights
     memory_bytes: int | None
     base_memory_bytes: int | None
+    # predict calls the inference server answered, and their tokens (causal LM)
     requests_served: int
+    prompt_tokens: int
+    completion_tokens: int
 
     @classmethod
-    def of(cls, row: DeploymentRow) -> DeploymentPublic:
+    def of(cls, row: Any, pending: Usage | None = None) -> DeploymentPublic:
+        """From a DeploymentRow or a read of one (app/reads.py), plus the usage this process
+        counted and has not written to it yet."""
+        pending = pending or Usage()
         return cls(
             id=row.id,
             model=row.model,
@@ -55,5 +61,7 @@ class DeploymentPublic(BaseModel):
             load_seconds=row.load_seconds,
             memory_bytes=row.memory_bytes,
             base_memory_bytes=row.base_memory_bytes,
-            requests_served=row.requests_served,
+            requests_served=(row.requests_served or 0) + pending.requests,
+            prompt_tokens=(row.prompt_tokens or 0) + pending.prompt_tokens,
+            completion_tokens=(row.completion_tokens or 0) + pending.completion_tokens,
         )

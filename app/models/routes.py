@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Request
+import anyio
+from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import FileResponse
 
-from app.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
+from app.deployments.service import unload
+from app.deps import InferenceDep, PrincipalDep, ServingDep, SessionDep, SettingsDep, StoreDep
 from app.errors import APIError, download_response, not_found
 from app.models import service
 from app.models.export import card_for, tarball
@@ -25,7 +26,7 @@ def list_models(
 
 @router.get("/{model_id:path}/content", responses=download_response("application/gzip"))
 def download_model(
-    request: Request,
+    inference: InferenceDep,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -34,9 +35,12 @@ def download_model(
     model_id: str,
     format: Literal["adapter", "merged"] = "adapter",
 ) -> FileResponse:
+    # the session's reads are committed (the transaction ended) before the inference
+    # server merges and before the store is read: neither waits holding a transaction
     tuned = service.get_tuned(session, model_id, principal.project_id)
     if tuned is None:
         raise not_found("fine-tuned model", model_id, param="model")
+    spec: dict[str, Any] | None = None
     if format == "adapter":
         if tuned.format != "adapter":
             raise APIError(
@@ -52,9 +56,11 @@ def download_model(
         spec = service.serving_spec(
             session, settings.models_dir, model_id, project_id=principal.project_id
         )
-        key = request.app.state.inference.export_merged(spec)["artifact"]
     top = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{tuned.job_id}-{format}")
     readme = card_for(session, tuned, format, settings.models_dir)
+    session.commit()
+    if spec is not None:
+        key = anyio.from_thread.run(inference.export_merged, spec)["artifact"]
     path = tarball(store, key, top, settings.cache_dir / "exports", readme=readme)
     background.add_task(path.unlink, missing_ok=True)
     return FileResponse(path, media_type="application/gzip", filename=f"{top}.tar.gz")
@@ -69,7 +75,8 @@ def retrieve_model(
 
 @router.delete("/{model_id:path}")
 def delete_model(
-    request: Request,
+    inference: InferenceDep,
+    serving: ServingDep,
     principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -78,9 +85,8 @@ def delete_model(
 ) -> dict[str, Any]:
     row = service.delete_tuned(session, model_id, principal.project_id, settings.models_dir)
     session.commit()
-    # not loaded, or the server is down: nothing to free either way
-    with contextlib.suppress(APIError):
-        request.app.state.inference.unload(row.id)
+    anyio.from_thread.run_sync(serving.lookup.forget_model, row.id)
+    anyio.from_thread.run(unload, inference, row.id)
     store.delete(row.artifact_key.rsplit("/", 1)[0] + "/merged")
     store.delete(row.artifact_key)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+import anyio
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
-from app.deps import PrincipalDep, SessionDep, SettingsDep
+from app.deployments.sse import EventStream
+from app.deps import InferenceDep, PrincipalDep, ServingDep
 from app.errors import APIError, error_body, stream_response
+from app.inference_client import PredictStream
 from app.openai_compat import service
 from app.openai_compat.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -18,59 +21,51 @@ log = logging.getLogger(__name__)
 
 
 @router.post("/chat/completions", response_model=None, responses=stream_response())
-def chat_completions(
-    request: Request,
+async def chat_completions(
     principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    serving: ServingDep,
+    inference: InferenceDep,
     body: ChatCompletionRequest,
-) -> dict[str, Any] | StreamingResponse:
-    assert settings.models_dir is not None
-    generation = service.chat_generation(session, settings.models_dir, body, principal.project_id)
-    client = request.app.state.inference
+) -> JSONResponse | EventStream:
+    generation = await service.chat_generation(serving.lookup, body, principal.project_id)
     if body.stream:
-        events = service.start_stream(client, generation)
+        events, slot = await service.start_stream(inference, serving.limits, generation)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _event_stream(service.chat_chunks(generation, events, include_usage))
-    return service.chat_completion(generation, service.predict(client, generation))
+        chunks = service.chat_chunks(generation, events, include_usage)
+        return EventStream(_sse(chunks, events, slot.release), on_close=slot.release)
+    prediction = await service.predict(inference, serving.limits, generation)
+    # already plain JSON types: skipping FastAPI's encoder saves ~0.2 ms a request
+    return JSONResponse(service.chat_completion(generation, prediction))
 
 
 @router.post("/completions", response_model=None, responses=stream_response())
-def completions(
-    request: Request,
+async def completions(
     principal: PrincipalDep,
-    session: SessionDep,
-    settings: SettingsDep,
+    serving: ServingDep,
+    inference: InferenceDep,
     body: CompletionRequest,
-) -> dict[str, Any] | StreamingResponse:
-    assert settings.models_dir is not None
-    generation = service.completion_generation(
-        session, settings.models_dir, body, principal.project_id
-    )
-    client = request.app.state.inference
+) -> JSONResponse | EventStream:
+    generation = await service.completion_generation(serving.lookup, body, principal.project_id)
     if body.stream:
-        events = service.start_stream(client, generation)
+        events, slot = await service.start_stream(inference, serving.limits, generation)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _event_stream(service.completion_chunks(generation, events, include_usage))
-    return service.text_completion(generation, service.predict(client, generation))
+        chunks = service.completion_chunks(generation, events, include_usage)
+        return EventStream(_sse(chunks, events, slot.release), on_close=slot.release)
+    prediction = await service.predict(inference, serving.limits, generation)
+    return JSONResponse(service.text_completion(generation, prediction))
 
 
-def _event_stream(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
-    return StreamingResponse(
-        _sse(chunks),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _sse(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
+async def _sse(
+    chunks: AsyncIterator[dict[str, Any]], events: PredictStream, done: Callable[[], None]
+) -> AsyncGenerator[str, None]:
     """Server-sent events as OpenAI sends them: `data: {json}`, then `data: [DONE]`.
 
     The status is already 200 when a failure happens mid-stream, so it is sent as an
-    `{"error": {...}}` event, which the openai SDK raises as an APIError.
+    `{"error": {...}}` event, which the openai SDK raises as an APIError. `done()` runs once
+    the upstream stream is over, before [DONE] goes out.
     """
     try:
-        for chunk in chunks:
+        async for chunk in chunks:
             yield f"data: {json.dumps(chunk)}\n\n"
     except APIError as exc:
         yield f"data: {json.dumps(error_body(exc.status, exc.message, exc.param, exc.code))}\n\n"
@@ -86,4 +81,9 @@ def _sse(chunks: Iterator[dict[str, Any]]) -> Iterator[str]:
         )
         yield f"data: {json.dumps(body)}\n\n"
         return
+    finally:
+        done()
+        # the upstream response, even when the chunks stopped early or the client hung up
+        with anyio.CancelScope(shield=True):
+            await events.aclose()
     yield "data: [DONE]\n\n"

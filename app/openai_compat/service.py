@@ -8,17 +8,15 @@ those become OpenAI's chat.completion / text_completion objects or their chunks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
-
+from app.deployments.limits import ConcurrencyLimits, Slot
+from app.deployments.lookup import Lookup
 from app.errors import APIError
 from app.ids import new_id
 from app.inference_client import InferenceClient, PredictStream
-from app.models.service import serving_spec
 from app.openai_compat.schemas import ChatCompletionRequest, CompletionRequest
 
 # roles the inference server renders with the chat template; "developer" is OpenAI's newer
@@ -39,12 +37,10 @@ class Generation:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def generative_spec(
-    session: Session, models_dir: Path, model: str, project_id: str
-) -> dict[str, Any]:
+async def generative_spec(lookup: Lookup, model: str, project_id: str) -> dict[str, Any]:
     """The serving spec of a model that generates text; a classifier is refused. Another
     project's fine-tuned model reads as missing (404)."""
-    spec = serving_spec(session, models_dir, model, param="model", project_id=project_id)
+    spec = await lookup.spec(model, project_id, param="model")
     if spec["task"] != "causal-lm":
         raise APIError(
             400,
@@ -57,12 +53,12 @@ def generative_spec(
     return spec
 
 
-def chat_generation(
-    session: Session, models_dir: Path, body: ChatCompletionRequest, project_id: str
+async def chat_generation(
+    lookup: Lookup, body: ChatCompletionRequest, project_id: str
 ) -> Generation:
     body.check()
     messages = [_message(m, f"messages.{i}") for i, m in enumerate(body.messages)]
-    spec = generative_spec(session, models_dir, body.model, project_id)
+    spec = await generative_spec(lookup, body.model, project_id)
     limit, limit_name = body.token_limit()
     return Generation(
         model=body.model,
@@ -79,12 +75,12 @@ def chat_generation(
     )
 
 
-def completion_generation(
-    session: Session, models_dir: Path, body: CompletionRequest, project_id: str
+async def completion_generation(
+    lookup: Lookup, body: CompletionRequest, project_id: str
 ) -> Generation:
     body.check()
     prompt = _prompt(body.prompt)
-    spec = generative_spec(session, models_dir, body.model, project_id)
+    spec = await generative_spec(lookup, body.model, project_id)
     return Generation(
         model=body.model,
         spec=spec,
@@ -100,20 +96,34 @@ def completion_generation(
     )
 
 
-def predict(client: InferenceClient, generation: Generation) -> dict[str, Any]:
+async def predict(
+    client: InferenceClient, limits: ConcurrencyLimits, generation: Generation
+) -> dict[str, Any]:
     try:
-        body = client.predict(generation.spec, [generation.input], generation.parameters)
+        with limits.acquire(generation.spec["key"]):
+            body = await client.predict(generation.spec, [generation.input], generation.parameters)
     except APIError as exc:
         raise public_error(exc, generation.names) from exc
     prediction: dict[str, Any] = body["predictions"][0]
     return prediction
 
 
-def start_stream(client: InferenceClient, generation: Generation) -> PredictStream:
+async def start_stream(
+    client: InferenceClient, limits: ConcurrencyLimits, generation: Generation
+) -> tuple[PredictStream, Slot]:
+    """The stream and the slot it holds until it ends (the caller releases it)."""
+    slot = limits.acquire(generation.spec["key"])
     try:
-        return client.stream_predict(generation.spec, generation.input, generation.parameters)
+        stream = await client.stream_predict(
+            generation.spec, generation.input, generation.parameters
+        )
     except APIError as exc:
+        slot.release()
         raise public_error(exc, generation.names) from exc
+    except BaseException:
+        slot.release()
+        raise
+    return stream, slot
 
 
 def chat_completion(generation: Generation, prediction: dict[str, Any]) -> dict[str, Any]:
@@ -154,9 +164,9 @@ def text_completion(generation: Generation, prediction: dict[str, Any]) -> dict[
     }
 
 
-def chat_chunks(
+async def chat_chunks(
     generation: Generation, events: PredictStream, include_usage: bool
-) -> Iterator[dict[str, Any]]:
+) -> AsyncIterator[dict[str, Any]]:
     """chat.completion.chunk objects: the role, the text as it comes, the finish reason,
     then (when asked for with stream_options.include_usage) the usage with no choices."""
 
@@ -169,7 +179,7 @@ def chat_chunks(
         )
 
     yield chunk({"role": "assistant", "content": ""})
-    for event in _public_events(events, generation):
+    async for event in _public_events(events, generation):
         if "text" in event:
             if event["text"]:
                 yield chunk({"content": event["text"]})
@@ -180,16 +190,16 @@ def chat_chunks(
         return
 
 
-def completion_chunks(
+async def completion_chunks(
     generation: Generation, events: PredictStream, include_usage: bool
-) -> Iterator[dict[str, Any]]:
+) -> AsyncIterator[dict[str, Any]]:
     """text_completion objects with the text as it comes, then the finish reason (and usage)."""
 
     def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
         return _chunk(generation, "text_completion", choice, include_usage)
 
-    for event in _public_events(events, generation):
+    async for event in _public_events(events, generation):
         if "text" in event:
             if event["text"]:
                 yield chunk(event["text"])
@@ -228,13 +238,16 @@ def public_error(exc: APIError, names: list[tuple[str, str]]) -> APIError:
     return exc
 
 
-def _public_events(events: PredictStream, generation: Generation) -> Iterator[dict[str, Any]]:
+async def _public_events(
+    events: PredictStream, generation: Generation
+) -> AsyncIterator[dict[str, Any]]:
     try:
-        yield from events
+        async for event in events:
+            yield event
     except APIError as exc:
         raise public_error(exc, generation.names) from exc
     finally:
-        events.close()
+        await events.aclose()
 
 
 def _chunk(

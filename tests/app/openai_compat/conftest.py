@@ -34,9 +34,9 @@ def chat_sdk(sdk: Sdk, inference_url: str) -> Iterator[Sdk]:
     """The SDK against an API whose inference server is up."""
     app = app_of(sdk.api.client)
     down = app.state.inference
+    # its connections belong to the event loop of the server thread and close with it
     app.state.inference = InferenceClient(inference_url)
     yield sdk
-    app.state.inference.close()
     app.state.inference = down
 
 
