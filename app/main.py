@@ -20,6 +20,7 @@ from app.auth import KeyResolver
 from app.dashboard import install_dashboard
 from app.deployments.routes import router as deployments_router
 from app.deps import require_principal
+from app.edge import check_request_strings
 from app.errors import document_errors, error_body, error_responses, install_error_handlers
 from app.evaluations.routes import router as evaluations_router
 from app.evaluations.service import RUN_EVALUATION
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         version="0.1.0",
         description="Self-hosted fine-tuning with an OpenAI-shaped API.",
         lifespan=lifespan,
+        # every string of every request keeps one rule before a route sees it (app/edge.py)
+        dependencies=[Depends(check_request_strings)],
     )
     app.state.settings = settings
     app.state.store = store
