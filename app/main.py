@@ -31,6 +31,7 @@ from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
 from app.observability import install_metrics
 from app.openai_compat.routes import router as openai_router
+from app.openapi import describe_api
 from app.reads import make_reads
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         evaluations_router, dependencies=authenticated, responses=error_responses(409)
     )
     document_errors(app)
+    describe_api(app)  # the constraints the code checks, and links between operations
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:
