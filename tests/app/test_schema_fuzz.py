@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
+from tests.support.fuzz import no_server_error
 
 pytestmark = pytest.mark.faults
 
@@ -47,6 +48,8 @@ pytestmark = pytest.mark.faults
 # TUNERY_FUZZ_EXAMPLES=400 hunts longer, with fresh random examples each run.
 HUNT = os.environ.get("TUNERY_FUZZ_EXAMPLES")
 EXAMPLES = int(HUNT or "40")
+# stateful scenarios (each up to 6 calls along the schema's links)
+STATEFUL_SCENARIOS = int(HUNT or "30")
 
 
 def _openapi() -> dict[str, Any]:
@@ -150,6 +153,14 @@ def test_no_server_errors_and_responses_match_the_schema(
     case: schemathesis.Case, fuzzed: Any
 ) -> None:
     _ground(case, fuzzed.state.fuzz_ids)
+    case.call_and_validate(
+        app=Running(fuzzed),
+        excluded_checks=_excluded_checks(case),
+        additional_checks=[no_server_error],
+    )
+
+
+def _excluded_checks(case: schemathesis.Case) -> list[Any]:
     excluded = [positive_data_acceptance, not_a_server_error]
     if case.operation.path == "/v1/models/{model_id}/content":
         # model ids hold slashes (org/name), so DELETE .../X/content is the deletion of a
@@ -159,20 +170,40 @@ def test_no_server_errors_and_responses_match_the_schema(
         # a multipart part is bytes: a "number" or "null" sent as the file is a file holding
         # those bytes, which is answered with a file in status "error" (tests/faults/)
         excluded.append(negative_data_rejection)
-    case.call_and_validate(
-        app=Running(fuzzed), excluded_checks=excluded, additional_checks=[no_server_error]
+    return excluded
+
+
+def test_stateful_chains_of_calls_along_the_links(fuzzed: Any) -> None:
+    """Scenarios that follow the schema's links (a create, then the reads and actions on what
+    it returned), with the same checks as above plus schemathesis's stateful ones (a deleted
+    object answers 404, a created one can be read)."""
+    app = Running(fuzzed)
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"app": app}
+
+        def validate_response(
+            self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: Any
+        ) -> None:
+            case.validate_response(
+                response,
+                additional_checks=[no_server_error],
+                excluded_checks=_excluded_checks(case),
+                transport_kwargs=kwargs or None,
+                recorder=self.recorder,
+            )
+
+    Workflow.run(
+        settings=settings(
+            max_examples=STATEFUL_SCENARIOS,
+            stateful_step_count=6,
+            derandomize=HUNT is None,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
     )
-
-
-def no_server_error(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> None:
-    """No 5xx but the documented 503 of a dependency that is down (here the inference
-    server), which must say when to retry."""
-    if response.status_code == 503:
-        assert response.headers.get("retry-after"), "503 without Retry-After"
-        error = json.loads(response.content)["error"]
-        assert error["message"] and error["code"], error
-        return
-    assert response.status_code < 500, f"{response.status_code}: {response.text[:500]}"
 
 
 def test_the_schema_documents_errors_as_they_are_sent() -> None:
