@@ -11,8 +11,8 @@ FastAPI built it, from the same constants the code checks with:
 - constraints: chat messages and text parts, the generation ranges (max_tokens 1..2048,
   temperature 0..2, top_p (0, 1], stop, seed, n = 1), which OpenAI parameters are ignored and
   which are refused unless off, predict inputs and parameters, a file's `purpose`, list
-  `limit`s, LoRA `target_modules`, the 16 metadata keys, and the field pairs that exclude each
-  other;
+  `limit`s, the `ft:` prefix of the ids only fine-tuned models have, LoRA
+  `target_modules`, the 16 metadata keys, and the field pairs that exclude each other;
 - links (OpenAPI 3.1 `links`) from each create, and each list, to the reads and actions on
   what it returned, and from GET /v1/models and POST /v1/files to the creates that take a
   model or a file, so generated clients and schemathesis's stateful phase can chain calls.
@@ -231,13 +231,20 @@ def _constrain(components: dict[str, Schema]) -> None:
     upload["purpose"]["enum"] = list(PURPOSES)
 
 
-def _limits(paths: dict[str, Any]) -> None:
+# operations on fine-tuned models only (named ft:<base>:<suffix>:<job>[:ckpt-step-N]): a
+# base model's id is a 400 or a 404 there
+_FINE_TUNED_ONLY = {("delete", "/v1/models/{model_id}"), ("get", "/v1/models/{model_id}/content")}
+
+
+def _parameters(paths: dict[str, Any]) -> None:
     for path, operations in paths.items():
-        for operation in operations.values():
+        for method, operation in operations.items():
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "query" and parameter["name"] == "limit":
                     most = MAX_FILES_LIMIT if path == "/v1/files" else MAX_LIMIT
                     parameter["schema"].update(minimum=1, maximum=most)
+                if parameter["name"] == "model_id" and (method, path) in _FINE_TUNED_ONLY:
+                    parameter["schema"]["pattern"] = "^ft:"
 
 
 # (source, [(link name, target, parameters, request body)]); an operation is "METHOD /path"
@@ -363,7 +370,7 @@ def describe_api(app: FastAPI) -> None:
         if not described:
             document = build()
             _constrain(document["components"]["schemas"])
-            _limits(document["paths"])
+            _parameters(document["paths"])
             _link(document["paths"])
             described.append(document)
         return described[0]

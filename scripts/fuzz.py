@@ -231,6 +231,7 @@ def seed_objects(base: str, key: str, env: dict[str, str]) -> dict[str, list[str
         "deployments": [deployment["id"]],
         "evaluations": [evaluation["id"]],
         "models": ["tiny-bert", "tiny-llama", model],
+        "tuned": [model, f"{model}:ckpt-step-1"],
     }
 
 
@@ -315,6 +316,18 @@ def schemathesis_config(objects: dict[str, list[str]]) -> str:
     for name, values in objects.items():
         lines += ["", f"[dictionaries.{name}]", f"values = {json.dumps(values)}"]
     # the same exceptions as tests/app/test_schema_fuzz.py::_excluded_checks, for the same reasons
+    # the operations on fine-tuned models only take ids matching ^ft: (app/openapi.py)
+    for method, path in (
+        ("DELETE", "/v1/models/{model_id}"),
+        ("GET", "/v1/models/{model_id}/content"),
+    ):
+        lines += [
+            "",
+            "[[operations]]",
+            f'include-path = "{path}"',
+            f'include-method = "{method}"',
+            'parameters."path.model_id" = { dictionary = "tuned", probability = 0.5 }',
+        ]
     lines += [
         "",
         "[[operations]]",

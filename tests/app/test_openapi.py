@@ -265,3 +265,17 @@ def test_the_schemas_verdicts_are_the_apis(api: Api) -> None:
         assert response.status_code == status, (body, response.text)
         if param is not None:
             assert response.json()["error"]["param"] == param, response.text
+
+
+def test_operations_on_fine_tuned_models_only_say_so() -> None:
+    """Deleting or downloading takes a fine-tuned model (ft:...); a base model's id is a 400
+    or a 404 there, while GET /v1/models/{model_id} takes both."""
+
+    def model_id(method: str, path: str) -> dict[str, Any]:
+        parameters = DOC["paths"][path][method]["parameters"]
+        schema: dict[str, Any] = next(p for p in parameters if p["name"] == "model_id")["schema"]
+        return schema
+
+    assert model_id("delete", "/v1/models/{model_id}")["pattern"] == "^ft:"
+    assert model_id("get", "/v1/models/{model_id}/content")["pattern"] == "^ft:"
+    assert "pattern" not in model_id("get", "/v1/models/{model_id}")
