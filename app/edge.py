@@ -33,11 +33,12 @@ def _check(text: str, param: str, what: str | None = None) -> None:
 
 
 def _may_hold_bad_strings(raw: bytes) -> bool:
-    """False when no string parsed from this JSON text can break the rule, found with byte
-    searches (C speed) so that a plain body costs no walk: a NUL or a surrogate needs a
-    `\\u` escape, a raw NUL (UTF-16 or UTF-32 text) or a 0xED lead byte (a surrogate sent as
-    UTF-8, which json.loads lets through), and an over-long string needs a longer body."""
-    return len(raw) > MAX_STRING_CHARS or b"\\u" in raw or b"\x00" in raw or b"\xed" in raw
+    """False when no string parsed from this JSON text can break the rule, found with
+    single-byte searches (memchr speed; a two-byte search is ~50 times slower here) so that
+    a plain body costs no walk: a NUL or a surrogate needs an escape (a backslash), a raw NUL
+    (UTF-16 or UTF-32 text) or a 0xED lead byte (a surrogate sent as UTF-8, which json.loads
+    lets through), and an over-long string needs a longer body."""
+    return len(raw) > MAX_STRING_CHARS or b"\\" in raw or b"\x00" in raw or b"\xed" in raw
 
 
 def check_json(body: Any, raw: bytes | None = None) -> None:
