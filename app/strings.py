@@ -1,10 +1,10 @@
 """The rule every string from a user keeps: no NUL, no unpaired surrogate, a bounded length.
 
 Postgres refuses NUL in text, and neither psycopg nor sqlite3 can encode an unpaired UTF-16
-surrogate (which `json.loads` makes from an escape such as
-`"\\ud800"`), so such a string that reached a query was a 500; one stored in a JSON column
-made every later read of its row a 500. The API checks requests with it at the edge
-(app/edge.py); the file validator checks each row of an upload with it.
+surrogate (which `json.loads` makes from an escape such as `"\\ud800"`), so such a string
+that reached a query was a 500; one stored in a JSON column made every later read of its row
+a 500. The API checks requests with it at the edge (app/edge.py); the file validator checks
+each row of an upload with it.
 
 Plain Python on purpose: the trainer imports the file validator, which imports this.
 """

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the whole OpenAPI schema with schemathesis, in process (ASGI) on
 SQLite: every operation gets schema-valid and schema-invalid requests, and every response
 must be no 5xx, a documented status code, a body matching the documented schema, the
-documented content type, and a right `Allow` on 405.
+documented content type, and a right `Allow` on 405. Then stateful scenarios follow the
+schema's links (app/openapi.py) from creates to the reads and actions on what they returned.
 
 Left out: `positive_data_acceptance`, which expects every schema-valid request to succeed.
 The schema cannot say that `training_file` must name an uploaded, processed file, or that a
@@ -44,9 +45,10 @@ from tests.support.fuzz import no_server_error
 
 pytestmark = pytest.mark.faults
 
-# examples per operation: 32 operations x 40 take ~50 s on a 2-core machine. CI draws the
-# same examples every run (a red build is a regression, not a lucky draw);
-# TUNERY_FUZZ_EXAMPLES=400 hunts longer, with fresh random examples each run.
+# examples per operation: 32 operations x 40, plus 30 stateful scenarios, take ~100 s on a
+# 2-core machine. CI draws the same examples every run (a red build is a regression, not a
+# lucky draw); TUNERY_FUZZ_EXAMPLES=N hunts with fresh random examples, N per operation and
+# N scenarios (`make fuzz` runs it with a printed seed, and Postgres too: scripts/fuzz.py).
 HUNT = os.environ.get("TUNERY_FUZZ_EXAMPLES")
 EXAMPLES = int(HUNT or "40")
 # stateful scenarios (each up to 6 calls along the schema's links)
