@@ -10,8 +10,12 @@ PYTEST_ARGS ?=
 # pytest processes (pytest-xdist); 0 runs the suite in this one
 PYTEST_WORKERS ?= 2
 BENCH_ARGS ?=
+# make fuzz: examples per operation, the seed (a fresh one when empty), the backends
+FUZZ_EXAMPLES ?= 100
+FUZZ_SEED ?=
+FUZZ_BACKENDS ?= sqlite,postgres
 
-.PHONY: run test lint bench-api clean distclean
+.PHONY: run test lint fuzz bench-api clean distclean
 
 ## run: install the service with the packaged demo model and serve everything on HOST:PORT
 run:
@@ -36,6 +40,13 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-logo
+
+## fuzz: hunt for server errors with fresh random examples (schemathesis, all phases, SQLite in
+## process and a live API on Postgres + Redis); prints the seed and a replay command per failure
+fuzz:
+	$(INSTALL) dev
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) FUZZ_BACKENDS=$(FUZZ_BACKENDS) \
+		$(BIN)/python scripts/fuzz.py
 
 ## bench-api: job-status GET throughput against Postgres, as a ratio to bare FastAPI
 bench-api:

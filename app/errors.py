@@ -22,6 +22,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.db_errors import refused_value
+
 log = logging.getLogger(__name__)
 
 _TYPES = {
@@ -337,6 +339,22 @@ def install_error_handlers(app: FastAPI) -> None:
         if database_unavailable(exc):
             log.warning("%s %s: database unavailable: %r", request.method, request.url.path, exc)
             return database_unavailable_response(exc)
+        refused = refused_value(exc, request)
+        if refused is not None:
+            # the request's fault, but one the checks in front of the database let through
+            log.warning(
+                "%s %s: the database refused a value (answered %s, param %s): %r",
+                request.method,
+                request.url.path,
+                refused.status,
+                refused.param,
+                exc,
+            )
+            return JSONResponse(
+                error_body(refused.status, refused.message, refused.param, refused.code),
+                status_code=refused.status,
+                headers=error_headers(refused.status),
+            )
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _internal_error(exc)
 

@@ -30,6 +30,7 @@ from app.deployments.routes import router as deployments_router
 from app.deployments.service import Serving
 from app.deployments.usage import Usage, UsageCounter
 from app.deps import require_principal
+from app.edge import check_request_strings
 from app.errors import document_errors, error_body, error_responses, install_error_handlers
 from app.evaluations.routes import router as evaluations_router
 from app.files.routes import router as files_router
@@ -39,6 +40,7 @@ from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
 from app.observability import install_metrics
 from app.openai_compat.routes import router as openai_router
+from app.openapi import describe_api
 from app.reads import make_reads
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
@@ -103,6 +105,8 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         version="0.1.0",
         description="Self-hosted fine-tuning with an OpenAI-shaped API.",
         lifespan=lifespan,
+        # every string of every request keeps one rule before a route sees it (app/edge.py)
+        dependencies=[Depends(check_request_strings)],
     )
     app.state.settings = settings
     app.state.store = store
@@ -150,6 +154,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         evaluations_router, dependencies=authenticated, responses=error_responses(409)
     )
     document_errors(app)
+    describe_api(app)  # the constraints the code checks, and links between operations
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

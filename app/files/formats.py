@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import task_plugins
+from app.strings import find_bad_string
 from task_plugins.base import RowFormat
 from task_plugins.rows import json_type
 
@@ -201,7 +202,7 @@ def _scan(
             else _csv_records(lines, scan, max_errors)
         )
         for line, row in records:
-            problem = _check_row(row, scan, line)
+            problem = _bad_text(row) or _check_row(row, scan, line)
             if problem:
                 scan.rejected_rows += 1
                 scan.error(line, problem, max_errors)
@@ -318,7 +319,7 @@ def _csv_records(lines: _Lines, scan: _Scan, max_errors: int) -> Iterator[tuple[
             continue
         if header is None:
             header = [name.strip().lower() for name in record]
-            problem = _check_header(header)
+            problem = _bad_text(",".join(header), "the CSV header") or _check_header(header)
             if problem:
                 scan.error(start, problem, max_errors)
                 return
@@ -332,6 +333,15 @@ def _csv_records(lines: _Lines, scan: _Scan, max_errors: int) -> Iterator[tuple[
             )
             continue
         yield start, dict(zip(header, record, strict=True))
+
+
+def _bad_text(value: Any, whole: str = "the row") -> str | None:
+    """A NUL or an unpaired surrogate anywhere in a row, keys included: text never means
+    one, and the database could not store the report that quoted it (app/strings.py)."""
+    found = find_bad_string(value, max_chars=None)
+    if found is None:
+        return None
+    return f"{'the key ' if found.is_key else ''}{found.param() or whole} {found.problem}"
 
 
 def _check_header(header: list[str]) -> str | None:

@@ -292,7 +292,7 @@ def _message(message: Any, where: str) -> dict[str, str]:
             param=f"{where}.role",
             code="unsupported_parameter",
         )
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:
         raise APIError(
             400,
             f"{where}.role must be one of {', '.join(_ROLES)}; got {role!r}.",

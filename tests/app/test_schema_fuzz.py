@@ -1,7 +1,8 @@
 """Property-based fuzzing of the whole OpenAPI schema with schemathesis, in process (ASGI) on
 SQLite: every operation gets schema-valid and schema-invalid requests, and every response
 must be no 5xx, a documented status code, a body matching the documented schema, the
-documented content type, and a right `Allow` on 405.
+documented content type, and a right `Allow` on 405. Then stateful scenarios follow the
+schema's links (app/openapi.py) from creates to the reads and actions on what they returned.
 
 Left out: `positive_data_acceptance`, which expects every schema-valid request to succeed.
 The schema cannot say that `training_file` must name an uploaded, processed file, or that a
@@ -27,6 +28,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.checks import (
     negative_data_rejection,
     not_a_server_error,
@@ -39,14 +41,18 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
+from tests.support.fuzz import no_server_error
 
 pytestmark = pytest.mark.faults
 
-# examples per operation: 32 operations x 40 take ~50 s on a 2-core machine. CI draws the
-# same examples every run (a red build is a regression, not a lucky draw);
-# TUNERY_FUZZ_EXAMPLES=400 hunts longer, with fresh random examples each run.
+# examples per operation: 32 operations x 40, plus 30 stateful scenarios, take ~100 s on a
+# 2-core machine. CI draws the same examples every run (a red build is a regression, not a
+# lucky draw); TUNERY_FUZZ_EXAMPLES=N hunts with fresh random examples, N per operation and
+# N scenarios (`make fuzz` runs it with a printed seed, and Postgres too: scripts/fuzz.py).
 HUNT = os.environ.get("TUNERY_FUZZ_EXAMPLES")
 EXAMPLES = int(HUNT or "40")
+# stateful scenarios (each up to 6 calls along the schema's links)
+STATEFUL_SCENARIOS = int(HUNT or "30")
 
 
 def _openapi() -> dict[str, Any]:
@@ -150,6 +156,14 @@ def test_no_server_errors_and_responses_match_the_schema(
     case: schemathesis.Case, fuzzed: Any
 ) -> None:
     _ground(case, fuzzed.state.fuzz_ids)
+    case.call_and_validate(
+        app=Running(fuzzed),
+        excluded_checks=_excluded_checks(case),
+        additional_checks=[no_server_error],
+    )
+
+
+def _excluded_checks(case: schemathesis.Case) -> list[Any]:
     excluded = [positive_data_acceptance, not_a_server_error]
     if case.operation.path == "/v1/models/{model_id}/content":
         # model ids hold slashes (org/name), so DELETE .../X/content is the deletion of a
@@ -159,20 +173,61 @@ def test_no_server_errors_and_responses_match_the_schema(
         # a multipart part is bytes: a "number" or "null" sent as the file is a file holding
         # those bytes, which is answered with a file in status "error" (tests/faults/)
         excluded.append(negative_data_rejection)
-    case.call_and_validate(
-        app=Running(fuzzed), excluded_checks=excluded, additional_checks=[no_server_error]
-    )
+    return excluded
 
 
-def no_server_error(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> None:
-    """No 5xx but the documented 503 of a dependency that is down (here the inference
-    server), which must say when to retry."""
-    if response.status_code == 503:
-        assert response.headers.get("retry-after"), "503 without Retry-After"
-        error = json.loads(response.content)["error"]
-        assert error["message"] and error["code"], error
-        return
-    assert response.status_code < 500, f"{response.status_code}: {response.text[:500]}"
+def test_stateful_chains_of_calls_along_the_links(fuzzed: Any) -> None:
+    """Scenarios that follow the schema's links (a create, then the reads and actions on what
+    it returned), with the same checks as above plus schemathesis's stateful ones (a deleted
+    object answers 404, a created one can be read).
+
+    A scenario's later steps depend on what the app answered (a link resolves or not), and the
+    app keeps what earlier scenarios did, so Hypothesis may find a new scenario drawing
+    differently from an earlier one with the same start (FlakyStrategyDefinition). Without a
+    failed check that only ends the run early, as it ends schemathesis's own stateful phase;
+    a check that failed is raised."""
+    app = Running(fuzzed)
+    scenarios = 0
+    failures: list[BaseException] = []
+
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            nonlocal scenarios
+            scenarios += 1
+
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"app": app}
+
+        def validate_response(
+            self, response: schemathesis.Response, case: schemathesis.Case, **kwargs: Any
+        ) -> None:
+            try:
+                case.validate_response(
+                    response,
+                    additional_checks=[no_server_error],
+                    excluded_checks=_excluded_checks(case),
+                    transport_kwargs=kwargs or None,
+                    recorder=self.recorder,
+                )
+            except BaseException as exc:
+                failures.append(exc)
+                raise
+
+    try:
+        Workflow.run(
+            settings=settings(
+                max_examples=STATEFUL_SCENARIOS,
+                stateful_step_count=6,
+                derandomize=HUNT is None,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            )
+        )
+    except FlakyStrategyDefinition:
+        if failures:
+            raise failures[0] from None
+        assert scenarios >= min(10, STATEFUL_SCENARIOS), f"only {scenarios} scenarios ran"
 
 
 def test_the_schema_documents_errors_as_they_are_sent() -> None:
