@@ -9,7 +9,7 @@ import sys
 
 from app.auth import active_key_count, create_key, install_key, list_keys, revoke_key
 from app.db import session_scope
-from app.errors import APIError
+from app.failures import APIError
 from app.settings import Settings, get_settings
 
 

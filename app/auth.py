@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import APIError, unauthorized
+from app.failures import APIError, unauthorized
 from app.ids import new_id
 from app.tables import ApiKeyRow, ProjectRow
 

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from app.errors import APIError
+from app.failures import APIError
 from app.strings import MAX_STRING_CHARS, BadString, escaped, find_bad_string, string_problem
 
 CODE = "invalid_string"

@@ -10,7 +10,6 @@ unless the response says `x-should-retry: false`.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 import psycopg
@@ -22,7 +21,13 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.db import DATABASE_RETRY_AFTER_SECONDS, database_unavailable
 from app.db_errors import refused_value
+
+# the error type and its makers are web-free (app/failures.py), so the worker can use them
+from app.failures import (
+    APIError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,48 +45,6 @@ _TYPES = {
 }
 # A 409 here is a state conflict (a finished job, a file in use): retrying cannot help.
 _NOT_RETRYABLE = frozenset({409})
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.headers = headers
-
-
-def not_found(kind: str, ident: str, param: str | None = None) -> APIError:
-    return APIError(404, f"No {kind} with id '{ident}'.", param=param, code="not_found")
-
-
-def unauthorized(message: str, code: str = "invalid_api_key") -> APIError:
-    """401: no API key, or one that is not valid (AuthenticationError in the SDK)."""
-    return APIError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})
-
-
-def permission_denied(message: str, param: str | None = None) -> APIError:
-    """403: a valid key that may not do this (PermissionDeniedError in the SDK)."""
-    return APIError(403, message, param=param, code="permission_denied")
-
-
-def rate_limited(message: str, retry_after_seconds: int) -> APIError:
-    """429 with Retry-After, which the SDK waits for before it retries (RateLimitError)."""
-    return APIError(
-        429,
-        message,
-        code="rate_limit_exceeded",
-        headers={"Retry-After": str(retry_after_seconds)},
-    )
 
 
 class ErrorDetail(BaseModel):
@@ -175,29 +138,6 @@ def document_errors(app: FastAPI) -> None:
 
 
 # how long a client waits before it retries when the database is away (a restart, a failover)
-DATABASE_RETRY_AFTER_SECONDS = 2
-# SQLite's transient refusals (a writer held the lock past busy_timeout, a file gone away)
-_SQLITE_TRANSIENT = ("database is locked", "unable to open database", "disk i/o error")
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """Whether an error means the database could not be reached (or was too busy) rather
-    than a bug: a lost or refused connection, a pool that timed out, a locked SQLite."""
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        original: BaseException | None = exc.orig
-    else:
-        original = exc
-    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
-        return True
-    if isinstance(original, psycopg.OperationalError | psycopg.InterfaceError):
-        return True
-    if isinstance(original, sqlite3.OperationalError):
-        return str(original).lower().startswith(_SQLITE_TRANSIENT)
-    return False
-
-
 def database_unavailable_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(
         error_body(

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from app.errors import APIError
+from app.failures import APIError
 
 RETRY_AFTER_SECONDS = 5
 # what an overloaded server asks for when it does not say (it should: Retry-After)

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.errors import APIError
+from app.failures import APIError
 
 MAX_LIMIT = 100
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from app.errors import APIError
+from app.failures import APIError
 from app.inference_client import OVERLOADED
 
 RETRY_AFTER_SECONDS = 1

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import not_found
+from app.failures import not_found
 from app.models.service import serving_spec
 from app.reads import Reads
 

@@ -26,7 +26,8 @@ from app.deployments import repository
 from app.deployments.limits import ConcurrencyLimits, Slot
 from app.deployments.lookup import Lookup
 from app.deployments.usage import Usage, UsageCounter, of_predictions
-from app.errors import APIError, error_body, not_found
+from app.errors import error_body
+from app.failures import APIError, not_found
 from app.inference_client import UNAVAILABLE, InferenceClient, PredictStream
 from app.models.service import serving_spec
 from app.tables import DeploymentRow

@@ -8,9 +8,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 import task_plugins
-from app.errors import APIError, not_found
 from app.evaluations import repository
 from app.evaluations.schemas import EvaluationCreate
+from app.failures import APIError, not_found
 from app.files import repository as files_repo
 from app.ids import new_id
 from app.models.service import serving_spec

@@ -9,7 +9,7 @@ from typing import BinaryIO
 from sqlalchemy.orm import Session
 
 from app.auth import quota_exceeded
-from app.errors import APIError, not_found
+from app.failures import APIError, not_found
 from app.files import repository
 from app.files.formats import inspect_file
 from app.ids import new_id

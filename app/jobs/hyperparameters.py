@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import task_plugins
-from app.errors import APIError
+from app.failures import APIError
 from app.jobs.schemas import Hyperparameters
 from app.jobs.spec import Hyperparameters as TrainerHyperparameters
 from app.jobs.spec import JobHyperparameters, task_problems

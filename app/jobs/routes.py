@@ -7,7 +7,8 @@ from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import FileResponse
 
 from app.deps import EnqueueJobDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep, StoreDep
-from app.errors import download_response, not_found
+from app.errors import download_response
+from app.failures import not_found
 from app.jobs import repository, service
 from app.jobs.schemas import CheckpointPublic, JobCreate, JobPublic
 from app.models.export import tarball

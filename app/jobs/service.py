@@ -15,8 +15,7 @@ from sqlalchemy.orm import Session
 
 import task_plugins
 from app.auth import quota_exceeded
-from app.errors import APIError, not_found
-from app.failures import Failure
+from app.failures import APIError, Failure, not_found
 from app.files import repository as files_repo
 from app.files.formats import inspect_file
 from app.ids import new_id

@@ -9,7 +9,8 @@ from fastapi.responses import FileResponse
 
 from app.deployments.service import unload
 from app.deps import InferenceDep, PrincipalDep, ServingDep, SessionDep, SettingsDep, StoreDep
-from app.errors import APIError, download_response, not_found
+from app.errors import download_response
+from app.failures import APIError, not_found
 from app.models import service
 from app.models.export import card_for, tarball
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.errors import APIError, not_found
+from app.failures import APIError, not_found
 from app.models.registry import BaseModel, list_base_models, resolve_base_model
 from app.tables import DeploymentRow, FineTunedModelRow, JobCheckpointRow, JobRow
 

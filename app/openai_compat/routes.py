@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 
 from app.deployments.sse import EventStream
 from app.deps import InferenceDep, PrincipalDep, ServingDep
-from app.errors import APIError, error_body, stream_response
+from app.errors import error_body, stream_response
+from app.failures import APIError
 from app.inference_client import PredictStream
 from app.openai_compat import service
 from app.openai_compat.schemas import ChatCompletionRequest, CompletionRequest

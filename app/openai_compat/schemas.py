@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import APIError
+from app.failures import APIError
 
 
 class StreamOptions(BaseModel):

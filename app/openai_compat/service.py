@@ -14,7 +14,7 @@ from typing import Any
 
 from app.deployments.limits import ConcurrencyLimits, Slot
 from app.deployments.lookup import Lookup
-from app.errors import APIError
+from app.failures import APIError
 from app.ids import new_id
 from app.inference_client import InferenceClient, PredictStream
 from app.openai_compat.schemas import ChatCompletionRequest, CompletionRequest

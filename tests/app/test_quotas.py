@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from app.auth import Principal, RateLimiter, create_key
-from app.errors import APIError
+from app.failures import APIError
 from tests.app.conftest import Api
 
 CHAT = "\n".join(

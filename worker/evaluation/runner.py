@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import processes
-from app.errors import APIError
 from app.evaluations import repository
+from app.failures import APIError
 from app.files import repository as files_repo
 from app.models.service import serving_spec
 from app.settings import Settings

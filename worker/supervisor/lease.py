@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import database_unavailable
+from app.db import database_unavailable
 from app.jobs import state
 from app.tables import JobRow
 

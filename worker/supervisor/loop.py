@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import database_unavailable
+from app.db import database_unavailable
 from app.jobs.spec import dump_spec
 from app.settings import Settings
 from app.storage import ArtifactStore

@@ -11,7 +11,7 @@ import uuid
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import database_unavailable
+from app.db import database_unavailable
 from app.failures import Failure
 from app.jobs import outcomes, state
 from app.settings import Settings

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from app.deployments.lookup import TtlCache
-from app.errors import APIError
+from app.failures import APIError
 from app.tables import DeploymentRow
 from tests.app.deployments.test_backpressure import deploy, make_api
 from tests.app.inference_fake import FakeInference, TransactionWatch, engine_of

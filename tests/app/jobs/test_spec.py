@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 import task_plugins
-from app.errors import APIError
-from app.failures import Failure
+from app.failures import APIError, Failure
 from app.jobs import hyperparameters, schemas
 from app.jobs.spec import (
     TrainingType,

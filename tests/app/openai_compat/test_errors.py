@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from app.auth import create_key
-from app.errors import APIError, permission_denied, rate_limited, unauthorized
+from app.failures import APIError, permission_denied, rate_limited, unauthorized
 from tests.app.conftest import app_of
 from tests.app.openai_compat.sdk import Sdk, sdk_client
 
