@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("app", "worker", "tunery_client")
+PACKAGES = ("app", "worker", "task_plugins", "tunery_client")
 
 
 def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
