@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 
@@ -21,8 +22,23 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 
 def installed_commands() -> list[Register]:
-    """The registration functions of the installed distributions that add verbs."""
-    return [entry.load() for entry in entry_points(group=COMMANDS_GROUP)]
+    """The registration functions of the installed distributions that add verbs.
+
+    A distribution whose verbs cannot be imported (its metadata left behind by an uninstall,
+    or a dependency missing) costs its own verbs only: the client verbs still work, and a
+    note on stderr says which verbs are missing and why.
+    """
+    found: list[Register] = []
+    for entry in entry_points(group=COMMANDS_GROUP):
+        try:
+            found.append(entry.load())
+        except ImportError as error:
+            print(
+                f"tunery: the commands of {entry.value} are unavailable ({error}); "
+                f"reinstall the distribution that provides them to get them back",
+                file=sys.stderr,
+            )
+    return found
 
 
 def build_parser(extra: Iterable[Register] | None = None) -> argparse.ArgumentParser:

@@ -127,3 +127,23 @@ def test_the_server_depends_on_the_client_and_adds_its_verbs_to_the_command() ->
         *("serve", "api", "worker", "inference", "db", "keys"),
         *("files", "jobs", "models", "deployments", "predict"),
     }
+
+
+def test_a_distribution_whose_verbs_cannot_import_costs_only_its_verbs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server's metadata left in an environment whose `app` no longer imports (the
+    packaging test above makes exactly that) must not break the client verbs."""
+    from importlib.metadata import EntryPoint
+
+    from tunery_client import cli
+
+    broken = EntryPoint(
+        name="server", value="no_such_tunery_module:register", group=cli.COMMANDS_GROUP
+    )
+    monkeypatch.setattr(cli, "entry_points", lambda group: [broken])
+    parser = cli.build_parser()
+    assert parser.parse_args(["jobs", "list"]).command == "jobs"
+    err = capsys.readouterr().err
+    assert "no_such_tunery_module:register are unavailable" in err
+    assert "reinstall" in err
