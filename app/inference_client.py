@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -177,6 +177,16 @@ class PredictStream:
         self._response = response
         self._client = client
         self._events: list[dict[str, Any]] = []
+        self._on_finish: list[Callable[[dict[str, Any]], None]] = []
+
+    def on_finish(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """`callback(final event)` runs when the final event goes by (usage counting)."""
+        self._on_finish.append(callback)
+
+    def _finished(self, event: dict[str, Any]) -> None:
+        if "finish_reason" in event:
+            for callback in self._on_finish:
+                callback(event)
 
     @classmethod
     def of_prediction(cls, body: dict[str, Any]) -> PredictStream:
@@ -199,6 +209,7 @@ class PredictStream:
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         if self._response is None:
             for event in self._events:
+                self._finished(event)
                 yield event
             return
         try:
@@ -214,6 +225,7 @@ class PredictStream:
                         param=error.get("param"),
                         code=error.get("code"),
                     )
+                self._finished(event)
                 yield event
             raise APIError(
                 503,

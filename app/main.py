@@ -80,8 +80,10 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
             )
             loop.start()
         await app.state.reads.open()
-        usage = app.state.serving.usage
-        flusher = asyncio.ensure_future(usage.run(settings.usage_flush_seconds))
+        counters = (app.state.serving.usage, app.state.serving.project_usage)
+        flushers = [
+            asyncio.ensure_future(counter.run(settings.usage_flush_seconds)) for counter in counters
+        ]
         # uploads cut off by a crash leave <key>.partial-* files nobody lists; drop old ones
         threading.Thread(
             target=store.remove_partials,
@@ -90,10 +92,12 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
             daemon=True,
         ).start()
         yield
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
-        await usage.flush()  # what was counted since the last flush
+        for flusher in flushers:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+        for counter in counters:
+            await counter.flush()  # what was counted since the last flush
         await app.state.reads.close()
         if loop is not None:
             loop.stop()
@@ -128,6 +132,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         ),
         limits=ConcurrencyLimits(settings.serving_max_concurrency),
         usage=UsageCounter(partial(_write_usage, app.state.sessionmaker)),
+        project_usage=UsageCounter(partial(_write_project_usage, app.state.sessionmaker)),
     )
     app.state.keys = KeyResolver(app.state.sessionmaker)
 
@@ -189,6 +194,12 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
 def _write_usage(make_session: sessionmaker[Session], deltas: dict[str, Usage]) -> None:
     with make_session() as session:
         deployments_repo.add_usage(session, deltas)
+        session.commit()
+
+
+def _write_project_usage(make_session: sessionmaker[Session], deltas: dict[str, Usage]) -> None:
+    with make_session() as session:
+        deployments_repo.add_project_usage(session, deltas)
         session.commit()
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from sqlalchemy import Table, text
 from sqlalchemy.engine import Engine, make_url
 
-from app.tables import DeploymentRow, JobRow
+from app.tables import DeploymentRow, JobRow, ProjectRow
 
 
 class Query:
@@ -50,6 +50,7 @@ DEPLOYMENTS = Query(
     DeploymentRow.__table__,
     "project_id = :project_id AND deleted = false ORDER BY created_at DESC",
 )
+PROJECT = Query(ProjectRow.__table__, "id = :project_id")
 
 
 class Reads(Protocol):
@@ -69,6 +70,9 @@ class Reads(Protocol):
     async def deployments(self, project_id: str) -> list[Any]:
         """The project's deployments that are not deleted, newest first."""
 
+    async def project(self, project_id: str) -> Any | None:
+        """The project row (its usage counts), or None."""
+
 
 class _Queries:
     """The reads, on top of each backend's rows()."""
@@ -86,6 +90,10 @@ class _Queries:
 
     async def deployments(self, project_id: str) -> list[Any]:
         return await self.rows(DEPLOYMENTS, {"project_id": project_id})
+
+    async def project(self, project_id: str) -> Any | None:
+        found = await self.rows(PROJECT, {"project_id": project_id})
+        return found[0] if found else None
 
 
 class ThreadReads(_Queries):

@@ -183,6 +183,11 @@ class ProjectRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # usage through its deployments and direct model calls, flushed from each API process's
+    # counts (app/deployments/usage.py)
+    requests_served: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ApiKeyRow(Base):

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.deployments.usage import Usage
 from app.ids import new_id
-from app.tables import DeploymentRow
+from app.tables import DeploymentRow, ProjectRow
 
 
 def add(session: Session, model_id: str, project_id: str) -> DeploymentRow:
@@ -67,5 +67,19 @@ def add_usage(session: Session, deltas: dict[str, Usage]) -> None:
                 requests_served=DeploymentRow.requests_served + usage.requests,
                 prompt_tokens=DeploymentRow.prompt_tokens + usage.prompt_tokens,
                 completion_tokens=DeploymentRow.completion_tokens + usage.completion_tokens,
+            )
+        )
+
+
+def add_project_usage(session: Session, deltas: dict[str, Usage]) -> None:
+    for project_id in sorted(deltas):  # in id order, as add_usage
+        usage = deltas[project_id]
+        session.execute(
+            update(ProjectRow)
+            .where(ProjectRow.id == project_id)
+            .values(
+                requests_served=ProjectRow.requests_served + usage.requests,
+                prompt_tokens=ProjectRow.prompt_tokens + usage.prompt_tokens,
+                completion_tokens=ProjectRow.completion_tokens + usage.completion_tokens,
             )
         )

@@ -15,6 +15,7 @@ from app.deployments.schemas import (
     DeploymentPublic,
     ModelPredictRequest,
     PredictRequest,
+    ProjectUsage,
 )
 from app.deployments.sse import EventStream
 from app.deps import InferenceDep, PrincipalDep, ServingDep, SessionDep, SettingsDep
@@ -99,3 +100,17 @@ async def predict_model(
         lines, slot = await service.open_model_stream(*args)
         return EventStream(lines, on_close=slot.release)
     return JSONResponse(await service.predict_model(*args))
+
+
+@router.get("/usage", response_model=ProjectUsage, tags=["usage"])
+async def project_usage(principal: PrincipalDep, serving: ServingDep) -> ProjectUsage:
+    """Requests and tokens served to the calling project so far (exact in this process,
+    other API processes' counts within TUNERY_USAGE_FLUSH_SECONDS)."""
+    usage = await service.project_usage(serving, principal.project_id)
+    return ProjectUsage(
+        project_id=principal.project_id,
+        requests_served=usage.requests,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+    )

@@ -65,3 +65,16 @@ class DeploymentPublic(BaseModel):
             prompt_tokens=(row.prompt_tokens or 0) + pending.prompt_tokens,
             completion_tokens=(row.completion_tokens or 0) + pending.completion_tokens,
         )
+
+
+class ProjectUsage(BaseModel):
+    """What the calling project was served: through its deployments, `/v1/predict`, chat and
+    completions (a Tunery extension; OpenAI's usage API is per organisation and by date)."""
+
+    object: Literal["usage"] = "usage"
+    project_id: str
+    # requests the inference server answered, and their tokens (causal LM)
+    requests_served: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int

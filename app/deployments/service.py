@@ -43,7 +43,16 @@ class Serving:
     models_dir: Path
     lookup: Lookup
     limits: ConcurrencyLimits
+    # per deployment id, and per project id (deployments and direct model calls alike)
     usage: UsageCounter
+    project_usage: UsageCounter
+
+    def count(self, project_id: str, usage: Usage, dep_id: str | None = None) -> None:
+        """One served request: its project's counts, and its deployment's when it went
+        through one."""
+        if dep_id is not None:
+            self.usage.record(dep_id, usage)
+        self.project_usage.record(project_id, usage)
 
 
 def create(session: Session, models_dir: Path, model_id: str, project_id: str) -> DeploymentRow:
@@ -121,6 +130,17 @@ async def retrieve(serving: Serving, dep_id: str, project_id: str) -> tuple[Any,
     return row, pending.get(dep_id, Usage())
 
 
+async def project_usage(serving: Serving, project_id: str) -> Usage:
+    """The project's usage: the database's counts plus this process's unflushed ones."""
+    row, pending = await serving.project_usage.exact(
+        lambda: serving.lookup.reads.project(project_id)
+    )
+    total = pending.get(project_id, Usage())
+    if row is not None:
+        total.add(Usage(row.requests_served, row.prompt_tokens, row.completion_tokens))
+    return total
+
+
 async def list_all(serving: Serving, project_id: str) -> list[tuple[Any, Usage]]:
     rows, pending = await serving.usage.exact(lambda: serving.lookup.reads.deployments(project_id))
     return [(row, pending.get(row.id, Usage())) for row in rows]
@@ -163,7 +183,7 @@ async def predict(
     with serving.limits.acquire(spec["key"]):
         # pin: a server that restarted since the deployment was made loads it again, pinned
         result = await client.predict(spec, inputs, parameters, pin=True)
-    serving.usage.record(dep_id, of_predictions(result.get("predictions") or []))
+    serving.count(project_id, of_predictions(result.get("predictions") or []), dep_id)
     return {"object": "prediction", "model": row.model, "deployment": dep_id, **result}
 
 
@@ -188,7 +208,7 @@ async def open_stream(
 
     def done(final: dict[str, Any] | None) -> None:
         slot.release()
-        serving.usage.record(dep_id, of_predictions([final or {}]))
+        serving.count(project_id, of_predictions([final or {}]), dep_id)
 
     return sse_lines(stream, done), slot
 
@@ -204,6 +224,7 @@ async def predict_model(
     spec = await serving.lookup.spec(model_id, project_id)
     with serving.limits.acquire(spec["key"]):
         result = await client.predict(spec, inputs, parameters)
+    serving.count(project_id, of_predictions(result.get("predictions") or []))
     return {"object": "prediction", "model": model_id, "deployment": None, **result}
 
 
@@ -223,7 +244,12 @@ async def open_model_stream(
     except BaseException:
         slot.release()
         raise
-    return sse_lines(stream, lambda final: slot.release()), slot
+
+    def done(final: dict[str, Any] | None) -> None:
+        slot.release()
+        serving.count(project_id, of_predictions([final or {}]))
+
+    return sse_lines(stream, done), slot
 
 
 def check_streamable(spec: dict[str, Any], inputs: list[Any]) -> None:

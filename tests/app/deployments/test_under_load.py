@@ -3,6 +3,7 @@ is answered and counted exactly once (behaviour; bench/serving.py measures the s
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -67,3 +68,58 @@ def test_a_causal_deployment_counts_the_tokens_it_served(serving: Serving) -> No
     assert row.requests_served == len(bodies) + 1
     assert row.prompt_tokens == sum(p["prompt_tokens"] for p in predictions) > 0
     assert row.completion_tokens == sum(p["completion_tokens"] for p in predictions) > 0
+
+
+def test_the_project_counts_everything_it_was_served(serving: Serving) -> None:
+    """GET /v1/usage: deployment predicts and streams, /v1/predict, chat and completions
+    (streamed and not) all count for the calling project, exactly, before and after a
+    flush."""
+    model = serving.tuned("causal-lm")
+    dep = deploy(serving, model)
+    before = serving.client.get("/v1/usage").json()
+    parameters = {"temperature": 0, "max_new_tokens": 3}
+    chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    completion = {"model": model, "prompt": "hello", "max_tokens": 3}
+    answers: list[dict[str, Any]] = []
+    for path, body in [
+        (f"/v1/deployments/{dep['id']}/predict", {"inputs": ["a", "b"], "parameters": parameters}),
+        ("/v1/predict", {"model": model, "inputs": ["c"], "parameters": parameters}),
+        ("/v1/chat/completions", chat),
+        ("/v1/completions", completion),
+    ]:
+        response = serving.client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        answers.append(response.json())
+    for path, body in [("/v1/chat/completions", chat), ("/v1/completions", completion)]:
+        streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        with serving.client.stream("POST", path, json=streamed) as response:
+            assert response.status_code == 200
+            lines = [line for line in response.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]"
+        answers.append(json.loads(lines[-2].removeprefix("data: ")))
+    prompt = completion_tokens = 0
+    for answer in answers:
+        if "predictions" in answer:
+            prompt += sum(p["prompt_tokens"] for p in answer["predictions"])
+            completion_tokens += sum(p["completion_tokens"] for p in answer["predictions"])
+        else:
+            prompt += answer["usage"]["prompt_tokens"]
+            completion_tokens += answer["usage"]["completion_tokens"]
+    requests = len(answers)  # one request each, whatever its number of inputs
+
+    def grown(usage: dict[str, Any]) -> tuple[int, int, int]:
+        return (
+            usage["requests_served"] - before["requests_served"],
+            usage["prompt_tokens"] - before["prompt_tokens"],
+            usage["completion_tokens"] - before["completion_tokens"],
+        )
+
+    now = serving.client.get("/v1/usage").json()
+    assert grown(now) == (requests, prompt, completion_tokens) and prompt > 0
+    assert now["total_tokens"] == now["prompt_tokens"] + now["completion_tokens"]
+    app = app_of(serving.client)
+    assert serving.client.portal is not None
+    serving.client.portal.call(app.state.serving.project_usage.flush)
+    assert grown(serving.client.get("/v1/usage").json()) == (requests, prompt, completion_tokens)
+    # the deployment's own counts hold only what went through it
+    assert serving.client.get(f"/v1/deployments/{dep['id']}").json()["requests_served"] == 1
