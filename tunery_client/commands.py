@@ -18,7 +18,7 @@ from tunery_client.api import Client, ClientError
 from tunery_client.jobspec import add_job_flags
 
 Handler = Callable[[Client, argparse.Namespace], int]
-CLIENT_COMMANDS = ("files", "jobs", "models", "deployments", "predict")
+CLIENT_COMMANDS = ("files", "jobs", "models", "deployments", "predict", "usage")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -161,6 +161,7 @@ def register(sub: Any) -> None:
         metavar="NAME=VALUE",
         help="e.g. max_new_tokens=32, temperature=0, top_k=2; repeatable",
     )
+    _verb(sub, "usage", resources.usage, "requests and tokens served to your project", common)
 
 
 def _watch_flags(parser: argparse.ArgumentParser) -> None:

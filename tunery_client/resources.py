@@ -280,6 +280,18 @@ def get_deployment(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def usage(client: Client, args: argparse.Namespace) -> int:
+    served = client.get("/v1/usage")
+    if args.json:
+        output.print_json(served)
+        return 0
+    print(f"project            {served['project_id']}")
+    print(f"requests served    {output.number(served['requests_served'])}")
+    print(f"prompt tokens      {output.number(served['prompt_tokens'])}")
+    print(f"completion tokens  {output.number(served['completion_tokens'])}")
+    return 0
+
+
 def delete_deployment(client: Client, args: argparse.Namespace) -> int:
     result = client.delete(f"/v1/deployments/{args.deployment_id}")
     if args.json:

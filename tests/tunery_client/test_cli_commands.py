@@ -157,6 +157,11 @@ def test_metrics_models_and_deployments_views(
     assert "tiny-bert" in models and "classification" in models
     assert run(api, "deployments", "list") == 0
     assert "No deployments" in capsys.readouterr().out
+    assert run(api, "usage") == 0
+    served = capsys.readouterr().out
+    assert "requests served    0" in served and "completion tokens  0" in served
+    assert run(api, "usage", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["object"] == "usage"
     # no deployment: the model is loaded just in time, by an inference server this fixture
     # does not run
     with pytest.raises(ClientError, match=r"inference server .* is not reachable") as info:

@@ -125,7 +125,7 @@ def test_the_server_depends_on_the_client_and_adds_its_verbs_to_the_command() ->
     (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(subcommands.choices) == {
         *("serve", "api", "worker", "inference", "db", "keys"),
-        *("files", "jobs", "models", "deployments", "predict"),
+        *("files", "jobs", "models", "deployments", "predict", "usage"),
     }
 
 
