@@ -92,8 +92,15 @@ class JobRow(Base):
     result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
     estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the best evaluation by the job's selection metric (None when it exports the final model)
     best_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the exported checkpoint's evaluation
     final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the exported checkpoint's step and why that one (app/jobs/spec.py ResultReason)
+    result_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # rows of the validation set the evaluations ran on (known once training started)
+    n_validation: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # execution bookkeeping: the lease a worker holds while it runs the job
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempt: Mapped[int] = mapped_column(Integer, default=0)

@@ -93,9 +93,9 @@ def resolve_hyperparameters(
     if resolved["packing"] == "auto":
         resolved["packing"] = None
     if asked.early_stopping is not None:
-        # written back whole, the metric resolved (it defaults to best_metric)
+        # written back whole, the metric resolved (it defaults to best_metric, then eval_loss)
         early = asked.early_stopping.model_dump()
-        early["metric"] = early["metric"] or resolved["best_metric"]
+        early["metric"] = early["metric"] or resolved["best_metric"] or "eval_loss"
         resolved["early_stopping"] = early
     # the hyperparameters only some tasks take: this task's get their value or default,
     # the others' are checked below (given to a task that does not take them: refused)

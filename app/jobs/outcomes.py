@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app.ids import new_id
 from app.jobs import repository, state
 from app.jobs.service import checkpoint_model_name, model_name
+from app.jobs.spec import ResultReason
 from app.tables import FineTunedModelRow, JobCheckpointRow, JobRow
 
 
@@ -62,6 +63,9 @@ def training_started(
         "total_steps": started.get("total_steps"),
         "epoch": (row.progress or {}).get("epoch", 0.0),
     }
+    n_validation = started.get("n_validation")
+    if isinstance(n_validation, int):
+        row.n_validation = n_validation
     repository.add_event(
         session,
         row.id,
@@ -182,11 +186,13 @@ def succeeded(
     model_format: str,
     trained_tokens: int,
     metrics: dict[str, Any],
-    best_step: int,
+    result_step: int,
+    result_reason: ResultReason,
+    best_step: int | None,
     stopped_early: dict[str, Any] | None,
 ) -> str:
-    """The trained model is stored under artifact_key: the fine-tuned model exists and the
-    job succeeded. Returns the model's name."""
+    """The trained model (the checkpoint of result_step, for result_reason) is stored under
+    artifact_key: the fine-tuned model exists and the job succeeded. Returns its name."""
     name = model_name(row)
     session.add(
         FineTunedModelRow(
@@ -207,24 +213,38 @@ def succeeded(
         trained_tokens=trained_tokens,
         final_metrics=metrics,
         best_step=best_step,
+        result_step=result_step,
+        result_reason=result_reason,
         estimated_finish=None,
     )
     if row.progress.get("total_steps"):
         row.progress = {**row.progress, "step": row.progress["total_steps"]}
-    metric = row.hyperparameters.get("best_metric") or "eval_loss"
     repository.add_event(
         session,
         row.id,
-        f"Job succeeded: the fine-tuned model is {name} (the checkpoint of step "
-        f"{best_step}, the best by {metric}).",
+        f"Job succeeded: the fine-tuned model is {name}, {result_description(row)}.",
         data={
             "fine_tuned_model": name,
             "metrics": metrics,
+            "result_step": result_step,
+            "result_reason": result_reason,
             "best_step": best_step,
             "stopped_early": stopped_early,
         },
     )
     return name
+
+
+def result_description(row: JobRow) -> str:
+    """Which checkpoint a succeeded job exported and why, in words."""
+    step, reason = row.result_step, row.result_reason
+    hyperparameters = row.hyperparameters or {}
+    if reason == "final":
+        return f"the final checkpoint (step {step}; set best_metric to export the best instead)"
+    early = hyperparameters.get("early_stopping") or {}
+    metric = hyperparameters.get("best_metric") or early.get("metric") or "eval_loss"
+    because = "best_metric" if reason == "best_metric" else "early stopping is on"
+    return f"the checkpoint of step {step}, the best by {metric} ({because})"
 
 
 def paused(session: Session, row: JobRow, step: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -17,6 +17,7 @@ from app.jobs.spec import (
     MaxSeqLength,
     MetricName,
     NEpochs,
+    ResultReason,
     Seed,
     Steps,
     Strict,
@@ -134,7 +135,15 @@ class JobPublic(BaseModel):
     training_type: dict[str, Any]
     task: str
     progress: dict[str, Any]
+    # the best evaluation by the job's selection metric (null when it exports the final model)
     best_step: int | None
+    # the checkpoint the fine-tuned model is (a model name), its step, and why that one:
+    # "final" (the default), "best_metric" or "early_stopping"
+    result_checkpoint: str | None = None
+    result_step: int | None = None
+    result_reason: ResultReason | None = None
+    # rows of the validation set the evaluations (and any selection) ran on
+    n_validation: int | None = None
     attempt: int
     from_checkpoint: str | None = None
 
@@ -162,6 +171,14 @@ class JobPublic(BaseModel):
             task=row.task,
             progress=row.progress or {},
             best_step=row.best_step,
+            result_checkpoint=(
+                f"{row.fine_tuned_model}:ckpt-step-{row.result_step}"
+                if row.fine_tuned_model and row.result_step is not None
+                else None
+            ),
+            result_step=row.result_step,
+            result_reason=cast(ResultReason | None, row.result_reason),
+            n_validation=row.n_validation,
             attempt=row.attempt,
             from_checkpoint=row.from_checkpoint,
         )

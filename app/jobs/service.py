@@ -410,5 +410,8 @@ def metrics_of(session: Session, row: JobRow) -> dict[str, Any]:
         "training": training,
         "evaluations": evaluations,
         "best_step": row.best_step,
+        "result_step": row.result_step,
+        "result_reason": row.result_reason,
+        "n_validation": row.n_validation,
         "final": row.final_metrics,
     }

@@ -108,7 +108,7 @@ def model_card(
             ["name", "value"], [[k, _cell(v)] for k, v in {**settings, **training_type}.items()]
         )
         metrics = job.final_metrics or {}
-        lines += ["", f"## Metrics (best evaluation, step {job.best_step})", ""]
+        lines += ["", f"## Metrics ({_exported(job)})", ""]
         scalars = [[k, _cell(v)] for k, v in metrics.items() if not isinstance(v, dict | list)]
         lines += _table(["metric", "value"], scalars) if scalars else ["No evaluation ran."]
         if isinstance(metrics.get("confusion_matrix"), list):
@@ -185,3 +185,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
+
+
+def _exported(job: JobRow) -> str:
+    """Which evaluation the metrics are: the exported checkpoint's, and why it was exported."""
+    if job.result_reason == "final":
+        return f"the final checkpoint, step {job.result_step}"
+    if job.result_reason is not None:
+        return f"the best evaluation, step {job.result_step} ({job.result_reason})"
+    return f"the best evaluation, step {job.best_step}"

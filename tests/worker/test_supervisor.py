@@ -169,7 +169,17 @@ def test_checkpoints_are_stored_listed_and_servable(rig: Rig) -> None:
     by_step = {c["step_number"]: c for c in checkpoints}
     assert set(by_step[5]["metrics"]) >= {"step", "train_loss", "valid_loss", "accuracy", "f1"}
     assert set(by_step[4]["metrics"]) == {"step", "train_loss"}  # no evaluation at step 4
-    assert job["best_step"] in (5, 10)
+    # no best_metric, no early stopping: the fine-tuned model is the final checkpoint
+    assert job["best_step"] is None
+    assert (job["result_step"], job["result_reason"], job["n_validation"]) == (10, "final", 4)
+    assert job["result_checkpoint"] == by_step[10]["fine_tuned_model_checkpoint"]
+    assert any(
+        m.startswith(
+            f"Job succeeded: the fine-tuned model is {job['fine_tuned_model']}, the final "
+            "checkpoint (step 10;"
+        )
+        for m in messages
+    )
     metrics = rig.api.client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()
     eval_steps = [m["step"] for m in metrics["evaluations"]]
     assert eval_steps == [5, 10]
@@ -211,6 +221,35 @@ def test_checkpoints_are_stored_listed_and_servable(rig: Rig) -> None:
         InferenceService(rig.store).predict(ModelSpec(**spec), ["the movie was great"], {}),
     )
     assert predictions[0]["label"] in ("positive", "negative")
+
+
+def test_a_selected_checkpoint_is_exported_and_its_noise_warned_about(rig: Rig) -> None:
+    job_id = rig.create(
+        sentiment_jsonl(40),
+        seed=3,
+        **LORA,
+        **hyperparameters(
+            n_epochs=2, batch_size=8, learning_rate=5e-3, max_seq_length=16, best_metric="eval_loss"
+        ),
+    )
+    assert rig.runner.run(job_id) == "succeeded"
+    job = rig.job(job_id)
+    evaluations = rig.api.client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["evaluations"]
+    lowest = min(evaluations, key=lambda e: e["eval_loss"])["step"]
+    assert (job["result_step"], job["result_reason"], job["best_step"]) == (
+        lowest,
+        "best_metric",
+        lowest,
+    )
+    assert job["result_checkpoint"] == f"{job['fine_tuned_model']}:ckpt-step-{lowest}"
+    (warning,) = [e for e in rig.events(job_id) if e["level"] == "warning"]
+    assert warning["message"].startswith(
+        "the validation set has 4 rows, and this job picks its checkpoint by eval_loss"
+    )
+    succeeded = rig.events(job_id)[-1]["message"]
+    assert succeeded.endswith(
+        f"the checkpoint of step {lowest}, the best by eval_loss (best_metric)."
+    )
 
 
 def test_files_are_checked_again_when_the_job_starts(rig: Rig) -> None:

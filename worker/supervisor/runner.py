@@ -126,6 +126,8 @@ class JobRunner:
                     model_format=str(meta.get("format", "adapter")),
                     trained_tokens=outcome.trained_tokens,
                     metrics=outcome.metrics,
+                    result_step=outcome.result_step,
+                    result_reason=outcome.result_reason,
                     best_step=outcome.best_step,
                     stopped_early=outcome.stopped_early,
                 )

@@ -169,12 +169,13 @@ class CheckpointHandoff(TrainerCallback):
                 shutil.rmtree(checkpoints / checkpoint_dirname(old), ignore_errors=True)
 
 
-def best_checkpoint_dir(spec: TrainSpec, best_step: int) -> Path:
-    folder = spec.output_dir / CHECKPOINTS_DIRNAME / checkpoint_dirname(best_step)
+def best_checkpoint_dir(spec: TrainSpec, step: int) -> Path:
+    """The local folder of the checkpoint to export (the final one or the selected one)."""
+    folder = spec.output_dir / CHECKPOINTS_DIRNAME / checkpoint_dirname(step)
     if not folder.is_dir():
         raise Failure(
             "checkpoint_missing",
-            f"the best checkpoint (step {best_step}) is not in {folder.parent}; it should have "
+            f"the checkpoint to export (step {step}) is not in {folder.parent}; it should have "
             "been kept there (or restored by the supervisor when resuming). Retry the job.",
         )
     return folder

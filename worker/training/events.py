@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from app.jobs.spec import ResultReason
+
 
 class _Event(BaseModel):
     # a field the other side does not know is a bug in one of them, not something to drop
@@ -102,6 +104,8 @@ class EarlyStopped(_Event):
     best_value: float | None
     patience: int
     min_delta: float
+    # min_delta is a fraction of best_value (else in the metric's units)
+    relative: bool
     best_step: int | None
     message: str
 
@@ -117,9 +121,14 @@ class Succeeded(_Event):
     type: Literal["succeeded"] = "succeeded"
     # non-padding tokens over all epochs (a resumed run included)
     trained_tokens: int
-    # the exported (best) evaluation's fields
+    # the exported checkpoint's evaluation fields
     metrics: dict[str, Any]
-    best_step: int
+    # the exported checkpoint's step, and why that one: "final" (the default), "best_metric",
+    # "early_stopping"
+    result_step: int
+    result_reason: ResultReason
+    # the best evaluation by the selection metric; None when the job exports the final model
+    best_step: int | None
     # the early_stopped event's fields, when it stopped early (absent otherwise)
     stopped_early: dict[str, Any] | None = None
 

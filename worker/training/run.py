@@ -24,7 +24,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
 from app.failures import Failure
-from app.jobs.spec import Hyperparameters, TrainSpec, parse_spec
+from app.jobs.spec import NOISY_VALIDATION_ROWS, Hyperparameters, TrainSpec, parse_spec
 from worker.training.callbacks import EventCallback, EventLog, GuardedTrainer, NonFiniteLoss
 from worker.training.checkpoints import CheckpointHandoff, best_checkpoint_dir
 from worker.training.data import Splits, load_splits
@@ -186,6 +186,7 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
         "total_parameters": total,
     }
     trainer.add_callback(EventCallback(events, spec.task, started))
+    warn_if_selection_is_noisy(hp, len(validation_set.features), events.message)
     trainer.add_callback(schedule)
     trainer.add_callback(CheckpointHandoff(spec, splits.labels, schedule, events, ranks.is_main))
     trainer.train(resume_from_checkpoint=resume_from)
@@ -200,27 +201,57 @@ def _outcome(
     events: EventLog,
     ranks: Ranks,
 ) -> dict[str, Any]:
-    """After training: `paused`, or the export of the best checkpoint and `succeeded`."""
+    """After training: `paused`, or the export of the final (or the selected) checkpoint and
+    `succeeded`."""
     if schedule.paused_at is not None and schedule.stopped_early is None:
         paused = Paused(step=trainer.state.global_step)
         events.emit(paused)
         return paused.wire()
-    best = schedule.best
-    if best is None:
+    chosen = schedule.result
+    if chosen is None:
         raise Failure(
             "trainer_error", "training ended without a single evaluation to pick a model by"
         )
     if ranks.is_main:
-        export_model(best_checkpoint_dir(spec, best.step), spec, labels, best.fields, best.step)
+        export_model(
+            best_checkpoint_dir(spec, chosen.step),
+            spec,
+            labels,
+            chosen.fields,
+            best_step=schedule.best_step,
+            result_step=chosen.step,
+            result_reason=schedule.result_reason,
+        )
     result = Succeeded(
         trained_tokens=int(trainer.state.num_input_tokens_seen),
-        metrics=best.fields,
-        best_step=best.step,
+        metrics=chosen.fields,
+        result_step=chosen.step,
+        result_reason=schedule.result_reason,
+        best_step=schedule.best_step,
     )
     if schedule.stopped_early is not None:
         result.stopped_early = schedule.stopped_early
     events.emit(result)
     return result.wire()
+
+
+def warn_if_selection_is_noisy(
+    hp: Hyperparameters, n_validation: int, note: Callable[[str, str], None]
+) -> None:
+    """A checkpoint picked on a small validation set is picked on noise: say so."""
+    metric = hp.selection_metric
+    if metric is None or n_validation >= NOISY_VALIDATION_ROWS:
+        return
+    why = "best_metric" if hp.best_metric is not None else "early_stopping"
+    note(
+        "warning",
+        f"the validation set has {n_validation} rows, and this job picks its checkpoint by "
+        f"{metric} on it ({why}): on fewer than {NOISY_VALIDATION_ROWS} rows, differences "
+        "between checkpoints are mostly noise, and the pick can be worse than the final "
+        "model. Give a validation_file of at least "
+        f"{NOISY_VALIDATION_ROWS} rows (or a larger validation_split), or leave best_metric "
+        "and early_stopping unset to export the final model.",
+    )
 
 
 def _starting_point(spec: TrainSpec, task: TaskTrainer, splits: Splits) -> tuple[Path, Path | None]:

@@ -1,11 +1,15 @@
-"""When to evaluate, checkpoint and stop, and which evaluation is the best.
+"""When to evaluate, checkpoint and stop, and which evaluation the exported model is.
 
 The Trainer's own strategies are off (eval/save strategy "no"): TrainingSchedule decides at
 every optimizer step, so that epoch ends, `eval_steps`, `checkpoint_steps`, early stopping
 and a pause request combine without saving the same step twice. Every evaluation is
-followed by a checkpoint, so the best evaluation always has weights to export, and every
+followed by a checkpoint, so the evaluation picked for export always has weights, and every
 checkpoint is preceded by a training-loss log at the same step, so train and validation
 loss line up step for step.
+
+The exported model is the last evaluation's (the final model) unless the job asked for a
+selection: `best_metric`, or early stopping (which picks by its own metric). A selection on a
+small validation set picks noise (docs/training.md, "Which checkpoint is the model").
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 import task_plugins
-from app.jobs.spec import Hyperparameters
+from app.jobs.spec import Hyperparameters, ResultReason
 from task_plugins.base import MetricSpec
 from worker.training.events import EarlyStopped, TrainerEvent
 from worker.training.metrics import eval_fields
@@ -39,9 +43,11 @@ def is_better(
 
 
 @dataclass
-class Best:
+class Evaluated:
+    """One evaluation: its step, the value of the metric it was judged by, its fields."""
+
     step: int
-    value: float
+    value: float | None
     fields: dict[str, Any]
 
 
@@ -75,7 +81,9 @@ class TrainingSchedule(TrainerCallback):
     ) -> None:
         self.eval_steps = hp.eval_steps
         self.checkpoint_steps = hp.checkpoint_steps
-        self.best_metric = hp.best_metric
+        # None: no selection, the final model is exported
+        self.selection_metric = hp.selection_metric
+        self.result_reason: ResultReason = hp.result_reason
         self.early_stopping = hp.early_stopping
         self.monitored = hp.monitored_metric
         self.task = task
@@ -83,7 +91,9 @@ class TrainingSchedule(TrainerCallback):
         self.pause_requested = pause_requested
         self.note = note  # emits an event (rank 0) or does nothing (other ranks)
         self.steps_per_epoch = 1
-        self.best: Best | None = None
+        # the best evaluation by selection_metric (None without a selection)
+        self.best: Evaluated | None = None
+        self.last: Evaluated | None = None
         # early stopping: the best monitored value so far and evaluations since it improved
         self.monitor_best: float | None = None
         self.stale_evaluations = 0
@@ -93,6 +103,12 @@ class TrainingSchedule(TrainerCallback):
     @property
     def best_step(self) -> int | None:
         return self.best.step if self.best else None
+
+    @property
+    def result(self) -> Evaluated | None:
+        """The evaluation whose checkpoint is exported: the best one when the job selects,
+        else the last one."""
+        return self.best if self.selection_metric is not None else self.last
 
     # -- the Trainer's hooks ------------------------------------------------------------
 
@@ -148,23 +164,27 @@ class TrainingSchedule(TrainerCallback):
 
     def _observe(self, step: int, fields: dict[str, Any], replay: bool = False) -> bool:
         """Record one evaluation; True when early stopping says to stop now."""
-        value = _number(fields.get(self.best_metric))
-        if value is not None and is_better(
-            self.metrics, value, self.best.value if self.best else None, self.best_metric
-        ):
-            self.best = Best(step, value, fields)
+        self.last = Evaluated(step, None, fields)
+        if self.selection_metric is not None:
+            value = _number(fields.get(self.selection_metric))
+            if value is not None and is_better(
+                self.metrics,
+                value,
+                self.best.value if self.best else None,
+                self.selection_metric,
+            ):
+                self.best = Evaluated(step, value, fields)
         if self.early_stopping is None:
             return False
         monitored = _number(fields.get(self.monitored))
         if monitored is None:
             return False
-        if is_better(
-            self.metrics,
-            monitored,
-            self.monitor_best,
-            self.monitored,
-            self.early_stopping.min_delta,
-        ):
+        threshold = (
+            self.early_stopping.threshold(self.monitor_best)
+            if self.monitor_best is not None
+            else 0.0
+        )
+        if is_better(self.metrics, monitored, self.monitor_best, self.monitored, threshold):
             self.monitor_best = monitored
             self.stale_evaluations = 0
             return False
@@ -173,19 +193,23 @@ class TrainingSchedule(TrainerCallback):
             return False
         best = self.best
         direction = "fallen" if self.monitored in self.metrics.lower_is_better else "risen"
+        early = self.early_stopping
+        by = f"{early.min_delta * 100:g}% of its best" if early.relative else f"{early.min_delta:g}"
+        keeping = best.step if best else step
         event = EarlyStopped(
             step=step,
             metric=self.monitored,
             value=monitored,
             best_value=self.monitor_best,
-            patience=self.early_stopping.patience,
-            min_delta=self.early_stopping.min_delta,
+            patience=early.patience,
+            min_delta=early.min_delta,
+            relative=early.relative,
             best_step=best.step if best else None,
             message=(
                 f"Early stopping at step {step}: {self.monitored} has not {direction} by more "
-                f"than {self.early_stopping.min_delta:g} for {self.early_stopping.patience} "
-                f"evaluation(s) (best {self.monitor_best:.4f}, now {monitored:.4f}); "
-                f"keeping the best checkpoint, step {best.step if best else step}."
+                f"than {by} for {early.patience} evaluation(s) (best "
+                f"{self.monitor_best:.4f}, now {monitored:.4f}); keeping the best checkpoint "
+                f"by {self.selection_metric}, step {keeping}."
             ),
         )
         # the succeeded event repeats these fields (without the message)

@@ -26,6 +26,10 @@ def test_create_resolves_defaults_and_enqueues_after_commit(api: Api) -> None:
     assert hp["learning_rate_multiplier"] == 1.0
     assert {k: hp[k] for k in hyperparameters.DEFAULT_OPTIONS} == hyperparameters.DEFAULT_OPTIONS
     assert "train_on_inputs" not in hp  # causal LM only
+    # no selection by default: the job will export its final model
+    assert hp["best_metric"] is None and hp["early_stopping"] is None
+    assert [job[k] for k in ("result_checkpoint", "result_step", "result_reason")] == [None] * 3
+    assert job["n_validation"] is None  # known once training starts
     assert job["method"]["supervised"]["hyperparameters"] == hp
     assert api.enqueued == [job["id"]]
     assert api.client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["id"] == job["id"]

@@ -114,7 +114,12 @@ def test_hyperparameters_are_validated_and_written_back(api: Api) -> None:
     assert hp["lr_scheduler"] == "cosine" and hp["warmup_ratio"] == 0.1
     assert (hp["eval_steps"], hp["checkpoint_steps"]) == (5, 3)
     # early stopping watches best_metric unless told otherwise
-    assert hp["early_stopping"] == {"patience": 2, "metric": "token_accuracy", "min_delta": 0.01}
+    assert hp["early_stopping"] == {
+        "patience": 2,
+        "metric": "token_accuracy",
+        "min_delta": 0.01,
+        "relative": True,
+    }
     assert hp["best_metric"] == "token_accuracy" and hp["train_on_inputs"] is True
     assert hp["gradient_checkpointing"] is True and hp["packing"] is False
     per_epoch = create(api, **with_hyperparameters(prompts, "tiny-llama", eval_steps="epoch"))

@@ -134,7 +134,10 @@ def test_what_the_api_accepts_the_trainer_trains_with(
             assert trained.early_stopping is not None
             assert trained.early_stopping.patience == value.patience
             assert same(value.min_delta, trained.early_stopping.min_delta)
-            assert trained.early_stopping.metric == (value.metric or trained.best_metric)
+            assert trained.early_stopping.relative is value.relative
+            assert trained.early_stopping.metric == (
+                value.metric or trained.best_metric or "eval_loss"
+            )
         else:
             assert same(value, getattr(trained, name)), (name, value, getattr(trained, name))
     if request.learning_rate is None:

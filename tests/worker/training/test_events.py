@@ -54,12 +54,26 @@ ONE_OF_EACH: list[TrainerEvent] = [
         value=0.6,
         best_value=0.5,
         patience=1,
-        min_delta=0.0,
+        min_delta=0.01,
+        relative=True,
         best_step=3,
         message="Early stopping at step 6",
     ),
     Paused(step=4),
-    Succeeded(trained_tokens=900, metrics={"eval_loss": 0.5}, best_step=3),
+    Succeeded(
+        trained_tokens=900,
+        metrics={"eval_loss": 0.5},
+        result_step=3,
+        result_reason="best_metric",
+        best_step=3,
+    ),
+    Succeeded(
+        trained_tokens=900,
+        metrics={"eval_loss": 0.6},
+        result_step=6,
+        result_reason="final",
+        best_step=None,
+    ),
     Failed(code="nan_loss", message="training diverged", param="hyperparameters"),
 ]
 
@@ -73,8 +87,18 @@ def test_every_event_survives_the_wire(event: TrainerEvent) -> None:
 
 
 def test_absent_optional_fields_stay_absent() -> None:
-    assert "stopped_early" not in Succeeded(trained_tokens=1, metrics={}, best_step=1).wire()
-    early = Succeeded(trained_tokens=1, metrics={}, best_step=1, stopped_early={"step": 1})
+    final = Succeeded(
+        trained_tokens=1, metrics={}, result_step=1, result_reason="final", best_step=None
+    )
+    assert "stopped_early" not in final.wire()
+    early = Succeeded(
+        trained_tokens=1,
+        metrics={},
+        result_step=1,
+        result_reason="early_stopping",
+        best_step=1,
+        stopped_early={"step": 1},
+    )
     assert early.wire()["stopped_early"] == {"step": 1}
 
 

@@ -95,13 +95,22 @@ def assert_contract_flow(events: list[dict[str, Any]], n_epochs: int) -> None:
     assert len(evals) == n_epochs
     assert types.index("log") < types.index("eval")
     assert [event["epoch"] for event in evals] == pytest.approx(list(range(1, n_epochs + 1)))
-    assert set(succeeded) == {"type", "trained_tokens", "metrics", "best_step"}
-    assert succeeded["trained_tokens"] > 0
-    best = next(event for event in evals if event["step"] == succeeded["best_step"])
-    assert succeeded["metrics"] == {
-        k: v for k, v in best.items() if k not in ("type", "step", "epoch")
+    assert set(succeeded) == {
+        "type",
+        "trained_tokens",
+        "metrics",
+        "result_step",
+        "result_reason",
+        "best_step",
     }
-    assert best["eval_loss"] == min(event["eval_loss"] for event in evals)
+    assert succeeded["trained_tokens"] > 0
+    # by default the model is the final one: no selection on the validation set
+    final = evals[-1]
+    assert succeeded["result_step"] == final["step"] == started["total_steps"]
+    assert (succeeded["result_reason"], succeeded["best_step"]) == ("final", None)
+    assert succeeded["metrics"] == {
+        k: v for k, v in final.items() if k not in ("type", "step", "epoch")
+    }
 
 
 def batch_outputs(
@@ -134,7 +143,7 @@ def load_exported(
     return auto.from_pretrained(model_dir), tokenizer
 
 
-def check_export(spec: dict[str, Any], metrics: dict[str, Any], best_step: int) -> Path:
+def check_export(spec: dict[str, Any], metrics: dict[str, Any], result_step: int) -> Path:
     model_dir = Path(spec["output_dir"]) / "model"
     manifest = json.loads((model_dir / "tunery.json").read_text())
     adapter = spec["training_type"]["type"] == "lora"
@@ -144,7 +153,9 @@ def check_export(spec: dict[str, Any], metrics: dict[str, Any], best_step: int) 
         "format": "adapter" if adapter else "full",
         "base_model": spec["base_model_dir"],
         "metrics": metrics,
-        "best_step": best_step,
+        "best_step": None,
+        "step": result_step,
+        "result_reason": "final",
     }
     if spec["task"] == "classification":
         expected["labels"] = ["negative", "positive"]
@@ -192,7 +203,7 @@ def test_classification(tmp_path: Path, tiny_bert: Path, training_type: dict[str
     assert sum(map(sum, metrics["confusion_matrix"])) == 4
     assert set(metrics["per_class"]) == {"negative", "positive"}
 
-    model_dir = check_export(spec, metrics, succeeded["best_step"])
+    model_dir = check_export(spec, metrics, succeeded["result_step"])
     model, tokenizer = load_exported(model_dir, tiny_bert, "classification")
     encoded = encode_classification(
         VALIDATION_SENTIMENT, tokenizer, {"negative": 0, "positive": 1}, 32
@@ -227,7 +238,7 @@ def test_causal_lm(
     assert set(metrics) == {"eval_loss", "perplexity", "token_accuracy"}
     assert metrics["perplexity"] == pytest.approx(np.exp(metrics["eval_loss"]))
 
-    model_dir = check_export(spec, metrics, events[-1]["best_step"])
+    model_dir = check_export(spec, metrics, events[-1]["result_step"])
     model, tokenizer = load_exported(model_dir, tiny_llama, "causal-lm")
     features = encode_causal(data[16:], tokenizer, 48).features
     loss, logits, labels = batch_outputs(model, tokenizer, features)
@@ -303,7 +314,9 @@ def test_carved_split_and_truncation_warning(tmp_path: Path, tiny_bert: Path) ->
 
 
 def test_resume_from_the_last_checkpoint(tmp_path: Path, tiny_bert: Path) -> None:
-    spec = make_spec(tmp_path, "classification", tiny_bert, sentiment_rows(), n_epochs=1)
+    spec = make_spec(
+        tmp_path, "classification", tiny_bert, sentiment_rows(), n_epochs=1, best_metric="eval_loss"
+    )
     first: list[dict[str, Any]] = []
     run.train(spec, first.append)
     steps_per_epoch = first[0]["total_steps"]
@@ -319,6 +332,7 @@ def test_resume_from_the_last_checkpoint(tmp_path: Path, tiny_bert: Path) -> Non
     assert progress == list(range(steps_per_epoch + 1, 2 * steps_per_epoch + 1))
     # the first epoch's evaluation is still in the history that picks the best model
     assert result["best_step"] in (steps_per_epoch, 2 * steps_per_epoch)
+    assert result["result_step"] == result["best_step"]
     assert [event["step"] for event in second if event["type"] == "eval"] == [2 * steps_per_epoch]
 
 

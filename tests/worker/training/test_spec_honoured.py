@@ -80,10 +80,17 @@ def test_the_trainer_arguments_and_schedule_take_every_value(
     schedule = TrainingSchedule(h, task, lambda: False, lambda event: None)
     assert schedule.eval_steps == h.eval_steps
     assert schedule.checkpoint_steps == h.checkpoint_steps
-    assert schedule.best_metric == h.best_metric
+    # no best_metric and no early stopping: no selection, the final model is exported
+    assert schedule.selection_metric == (
+        h.best_metric
+        if h.best_metric is not None
+        else (schedule.monitored if h.early_stopping is not None else None)
+    )
     assert schedule.early_stopping == h.early_stopping
     assert schedule.monitored == (
-        h.early_stopping.metric if h.early_stopping and h.early_stopping.metric else h.best_metric
+        h.early_stopping.metric
+        if h.early_stopping and h.early_stopping.metric
+        else h.best_metric or "eval_loss"
     )
 
 
