@@ -654,7 +654,8 @@ def launch_trainer(
     out.mkdir(parents=True, exist_ok=True)
     spec_path = out / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    child_env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"} | env
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    child_env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"} | env
     started = time.perf_counter()
     group = launch(spec_path, processes, child_env, out)
     deadline = time.monotonic() + timeout
