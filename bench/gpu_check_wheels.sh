@@ -28,6 +28,7 @@ WHEELS=(
   python-multipart==0.0.34 redis==8.1.0 sqlalchemy==2.1.9 starlette==1.10.0
   transformers==5.24.0 truststore==0.10.5 typing-inspection==0.4.5 tzlocal==5.4.5
   uvicorn==0.54.0 vine==5.1.0 watchfiles==1.3.0 wcwidth==0.9.4 websockets==17.4
+  psycopg==3.3.9 psycopg-binary==3.3.9 psycopg-pool==3.3.3
   bitsandbytes==0.50.2
 )
 PLATFORMS=()
