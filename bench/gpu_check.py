@@ -47,9 +47,18 @@ failed. docs/operations.md says how to run it on a lent device and what to look 
 Reviewed against the current docs for the paths it exercises (November 2026):
 - transformers 5.x TrainingArguments: `bf16` (autocast, fp32 master weights),
   `include_num_input_tokens_seen="non_padding"`, `activation_checkpointing`, `use_cpu`,
-  `ddp_backend` (None picks nccl on CUDA; gloo is named for CPU ranks);
-  DataCollatorWithFlattening(return_position_ids=True) for padding-free packing (correct
-  with flash/SDPA attention through position ids, with use_cache=False);
+  `ddp_backend` (None picks nccl on CUDA; gloo is named for CPU ranks).
+- transformers 5.x padding-free training (docs: padding_free): DataCollatorWithFlattening,
+  no attention_mask. The docs now prefer `return_flash_attn_kwargs=True` (boundaries
+  precomputed) to inferring them from position_ids at runtime, which Tunery does
+  (worker/training/packing.py, with use_cache=False) and then verifies on the model itself;
+  the image has no flash-attn, so the GPU runs SDPA, and the packing step checks that the
+  trainer still packs there and that the loss is unchanged.
+- transformers Trainer.compute_loss: a model whose forward takes **kwargs is taken to sum
+  its loss over num_items_in_batch, and under several ranks the loss is multiplied by the
+  world size. True for causal LMs; false for sequence classification heads (a per-batch
+  mean), which doubled the loss and gradient on 2 ranks: found by this script's ddp step in
+  its dry run, fixed in task_plugins/text_classification/training.py.
   BitsAndBytesConfig(load_in_4bit, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant,
   bnb_4bit_compute_dtype=bfloat16) with device_map={"": local_rank}.
 - peft: prepare_model_for_kbit_training before get_peft_model for QLoRA; LoraConfig with
