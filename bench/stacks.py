@@ -64,7 +64,8 @@ def _env(data_dir: Path, models: Path, queue_limit: int, extra: dict[str, str]) 
         TUNERY_RATE_LIMIT_PER_MINUTE="0",
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
-        PYTHONPATH=str(ROOT),
+        # ROOT first; what was on the path stays (a device's carried packages, say)
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
     return env | extra
 

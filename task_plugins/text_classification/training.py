@@ -79,6 +79,11 @@ class TextClassificationTrainer(TaskTrainer):
             **SAFE_LOAD,
             **extra,
         )
+        # Its forward takes **kwargs, so the Trainer would pass num_items_in_batch and, with
+        # several ranks, multiply the loss by the world size, assuming a loss summed over the
+        # items; this head's loss is a per-batch mean, so that doubled the loss (and the
+        # gradient) under 2-rank DDP (bench/gpu_check.py's ddp step found it).
+        model.accepts_loss_kwargs = False
         return model
 
     def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
