@@ -36,6 +36,7 @@ from app.pagination import MAX_LIMIT
 # the inference server's limits (worker/inference/schemas.py)
 MAX_INPUTS = 64
 MAX_INPUT_CHARS = 20_000
+MAX_MEDIA_CHARS = 16 * 1024 * 1024
 MAX_MESSAGES = 256
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
@@ -100,6 +101,16 @@ CHAT_MESSAGE: Schema = {
     "required": ["role", "content"],
     "additionalProperties": False,
 }
+
+
+def _media_input(kind: str) -> Schema:
+    """{"image": ...} or {"audio": ...}: base64 or a data: URL (image/audio classification)."""
+    return {
+        "type": "object",
+        "properties": {kind: {"type": "string", "minLength": 1, "maxLength": MAX_MEDIA_CHARS}},
+        "required": [kind],
+        "additionalProperties": False,
+    }
 
 
 def _generation_request(own: dict[str, Schema], unsupported: dict[str, Any]) -> dict[str, Any]:
@@ -195,7 +206,9 @@ def _constrain(components: dict[str, Schema]) -> None:
     }
     for name in ("PredictRequest", "ModelPredictRequest"):
         properties = components[name]["properties"]
-        properties["inputs"]["items"] = {"anyOf": [prompt_text, chat_input]}
+        properties["inputs"]["items"] = {
+            "anyOf": [prompt_text, chat_input, _media_input("image"), _media_input("audio")]
+        }
         properties["parameters"] = {
             "type": "object",
             "description": "classification: top_k; causal LM: the generation parameters",

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from task_plugins.audio_classification import TASK as AUDIO_CLASSIFICATION
 from task_plugins.base import SUPERVISED, RowFormat, TaskPlugin, load_hook
 from task_plugins.causal_lm import TASK as CAUSAL_LM
+from task_plugins.image_classification import TASK as IMAGE_CLASSIFICATION
 from task_plugins.text_classification import TASK as TEXT_CLASSIFICATION
 
 __all__ = [
@@ -31,7 +33,12 @@ __all__ = [
 ]
 
 # The order is the order of the formats and metrics in messages and schemas.
-TASKS: tuple[TaskPlugin, ...] = (TEXT_CLASSIFICATION, CAUSAL_LM)
+TASKS: tuple[TaskPlugin, ...] = (
+    TEXT_CLASSIFICATION,
+    CAUSAL_LM,
+    IMAGE_CLASSIFICATION,
+    AUDIO_CLASSIFICATION,
+)
 
 
 class UnknownTask(KeyError):

@@ -57,6 +57,11 @@ class RowFormat:
         return frozenset(self.columns)
 
 
+class UploadRefused(ValueError):
+    """An upload refused outright, before any report (a hostile archive): the files service
+    deletes what was stored and answers 400 with this message."""
+
+
 class FileKind(Protocol):
     """An upload that is not rows of JSON or CSV (a zip of images, say): it claims a file by
     its name or contents and reads it in its own way."""
@@ -66,7 +71,7 @@ class FileKind(Protocol):
     def claims(self, path: Path, filename: str) -> bool: ...
 
     def inspect(self, path: Path, filename: str, max_errors: int, min_examples: int) -> Any:
-        """An app.files.formats.FileReport."""
+        """An app.files.formats.FileReport; raises UploadRefused for an upload to refuse."""
         ...
 
     def read(self, path: Path, filename: str) -> tuple[str, list[Row]]:

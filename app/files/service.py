@@ -15,6 +15,7 @@ from app.files.formats import inspect_file
 from app.ids import new_id
 from app.storage import ArtifactStore, TooLarge
 from app.tables import FileRow
+from task_plugins.base import UploadRefused
 
 PURPOSES = ("fine-tune",)
 MAX_FILENAME = 255
@@ -78,6 +79,9 @@ def create_file(
         ) from exc
     try:
         report = inspect_file(store.local_file(key), name, min_examples=min_examples)
+    except UploadRefused as exc:
+        store.delete(f"files/{file_id}")
+        raise APIError(400, f"{name}: {exc}.", param="file", code="invalid_archive") from exc
     except BaseException:
         store.delete(f"files/{file_id}")
         raise

@@ -54,6 +54,8 @@ class Hyperparameters(Strict):
     best_metric: MetricName | None = None
     train_on_inputs: bool | None = None
     gradient_checkpointing: bool | None = None
+    augmentation: bool | None = None
+    freeze_feature_encoder: bool | None = None
     # None ("auto"): on where a GPU runs a model that can
     packing: bool | Auto | None = None
 

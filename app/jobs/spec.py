@@ -113,6 +113,11 @@ class Hyperparameters(Strict):
     # causal LM: take the loss on prompt/user tokens too, not only on completions
     train_on_inputs: bool = False
     gradient_checkpointing: bool = False
+    # image and audio classification: random crops and flips (images), random windows of
+    # long clips (audio) of the training rows
+    augmentation: bool = True
+    # audio classification: keep the convolutional feature encoder fixed
+    freeze_feature_encoder: bool = True
     # causal LM padding-free batches; None: on where a GPU runs a model that supports them
     packing: bool | None = None
 

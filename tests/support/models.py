@@ -231,3 +231,64 @@ def build_custom_code_model(
     tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "tokenization_evil.EvilTokenizer"]}
     (target / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     return target
+
+
+def build_tiny_vit(target: Path, seed: int = 0) -> Path:
+    """A 2-layer ViT on 32x32 pictures, saved bare (ViTModel: a base without a head, so a
+    job gives it a new one) with its image processor."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    ViTModel(config).save_pretrained(target, safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(target)
+    return target
+
+
+def build_tiny_resnet(target: Path, seed: int = 0) -> Path:
+    """A 2-stage ResNet with a 5-class head (a head of the wrong size for most jobs)."""
+    import torch
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    config.num_labels = 5
+    target.mkdir(parents=True, exist_ok=True)
+    ResNetForImageClassification(config).save_pretrained(target, safe_serialization=True)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(target)
+    return target
+
+
+def build_tiny_wav2vec2(target: Path, seed: int = 0) -> Path:
+    """A 2-layer Wav2Vec2 (bare, 16 kHz) with its feature extractor."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(seed)
+    config = Wav2Vec2Config(
+        vocab_size=10,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    Wav2Vec2Model(config).save_pretrained(target, safe_serialization=True)
+    Wav2Vec2FeatureExtractor(sampling_rate=16_000, return_attention_mask=True).save_pretrained(
+        target
+    )
+    return target

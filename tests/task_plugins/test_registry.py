@@ -81,7 +81,7 @@ def test_every_hook_of_a_task_resolves(task: task_plugins.TaskPlugin) -> None:
     for hook in (predictor.predict, predictor.prepare, predictor.forward, predictor.finish):
         assert callable(load_hook(hook)), hook
     assert is_typeddict(load_hook(predictor.output))
-    assert predictor.inputs <= {"text", "chat"}
+    assert predictor.inputs <= {"text", "chat", "image", "audio"}
     assert set(task.base_learning_rates) == {"lora", "full", "freeze"}
 
 
@@ -93,6 +93,8 @@ def test_the_predictor_hooks_say_what_the_inference_server_does_today() -> None:
     assert by_task == {
         "classification": service.CLASSIFICATION_PARAMETERS,
         "causal-lm": service.GENERATION_PARAMETERS,
+        "image-classification": service.CLASSIFICATION_PARAMETERS,
+        "audio-classification": service.CLASSIFICATION_PARAMETERS,
     }
 
 

@@ -22,9 +22,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from task_plugins.media.predicting import class_probabilities as media_probabilities
 from worker.inference.engine import UNLOADED, Admission, EngineLimits, EngineStats
 from worker.inference.errors import ModelLoadError
 from worker.inference.jobs import Job, prepare
+from worker.inference.loading import MEDIA_TASKS
 from worker.inference.predictors import Classification, class_probabilities, to_classification
 from worker.inference.shared import SharedModel
 
@@ -206,7 +208,7 @@ def chunks(shared: SharedModel, adapters: Sequence[str | None], max_rows: int) -
 
 
 def _classify(shared: SharedModel, jobs: Sequence[Job], max_rows: int) -> list[list[Any]]:
-    rows: list[list[int]] = []
+    rows: list[Any] = []
     adapters: list[str | None] = []
     owners: list[int] = []
     for index, job in enumerate(jobs):
@@ -216,14 +218,22 @@ def _classify(shared: SharedModel, jobs: Sequence[Job], max_rows: int) -> list[l
         owners += [index] * len(job.rows)
     if not rows:
         return [[] for _ in jobs]
-    pad_id = shared.config.pad_token_id
+    pad_id = getattr(shared.config, "pad_token_id", None)
     if not isinstance(pad_id, int):
-        pad_id = jobs[0].model.tokenizer.pad_token_id or 0
+        pad_id = getattr(jobs[0].model.tokenizer, "pad_token_id", None) or 0
     probs: list[list[float] | None] = [None] * len(rows)
+    media = shared.task in MEDIA_TASKS
     for chunk in chunks(shared, adapters, max_rows):
         chosen = [adapters[i] for i in chunk]
         with shared.running(chosen) as (module, extra):
-            out = class_probabilities(module, [rows[i] for i in chunk], pad_id, extra)
+            if media:
+                # the models on one base share its processor (an adapter saves the base's)
+                processor = jobs[owners[chunk[0]]].model.tokenizer
+                out = media_probabilities(
+                    module, processor, shared.task, [rows[i] for i in chunk], extra
+                )
+            else:
+                out = class_probabilities(module, [rows[i] for i in chunk], pad_id, extra)
         for i, row in zip(chunk, out.tolist(), strict=True):
             probs[i] = row
     results: list[list[Classification]] = [[] for _ in jobs]

@@ -14,7 +14,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.inference.loading import LoadedModel
+from task_plugins.media.predicting import prepare as media_prepare
+from worker.inference.loading import MEDIA_TASKS, LoadedModel
 from worker.inference.predictors import (
     GenerationOptions,
     PromptInput,
@@ -35,7 +36,8 @@ class Job:
     future: Future[list[Any]] = field(default_factory=Future)
     # set when nobody waits for the answer any more (the client went away)
     cancel: threading.Event = field(default_factory=threading.Event)
-    rows: list[list[int]] | None = None
+    # token ids per input; decoded pictures or sounds for an image or audio model
+    rows: list[Any] | None = None
     top_k: int | None = None  # classification
     options: GenerationOptions | None = None  # generation
 
@@ -63,6 +65,10 @@ def prepare(job: Job) -> None:
     given = {k: v for k, v in job.parameters.items() if v is not None}
     loaded = job.model
     config = loaded.shared.config
+    if loaded.spec.task in MEDIA_TASKS:
+        job.top_k = given.get("top_k")
+        job.rows = media_prepare(loaded.tokenizer, loaded.spec.task, job.inputs)
+        return
     with loaded.tokenizer_lock:
         if loaded.spec.task == "classification":
             texts = [item for item in job.inputs if isinstance(item, str)]

@@ -25,13 +25,18 @@ from typing import Any, Literal
 
 import torch
 
+import task_plugins
 from app.storage import ArtifactStore
 from worker.inference.errors import ModelLoadError, short_error
 from worker.inference.shared import SharedModel, model_memory_bytes
 from worker.model_safety import UnsafeModel, check_model_folder
 
-Task = Literal["classification", "causal-lm"]
-TASKS: tuple[Task, ...] = ("classification", "causal-lm")
+# a task plugin's name (task_plugins.names())
+Task = str
+TASKS: tuple[Task, ...] = task_plugins.names()
+# tasks whose inputs go through an image processor or feature extractor, not a tokenizer
+MEDIA_TASKS = frozenset({"image-classification", "audio-classification"})
+PROCESSOR_FILE = "preprocessor_config.json"
 Format = Literal["base", "adapter", "full"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -148,29 +153,27 @@ def plan(spec: ModelSpec, store: ArtifactStore) -> LoadPlan:
 
     if spec.artifact is None:
         check_model_dir(base_dir)
-        labels = base_labels(base_dir) if spec.task == "classification" else None
+        labels = base_labels(base_dir) if has_labels(spec.task) else None
         return _plan(spec, "base", base_dir, base_dir, None, labels)
 
     artifact_dir = resolve_artifact(store, spec.artifact)
     manifest = read_manifest(artifact_dir, spec)
     labels = None
-    if spec.task == "classification" and manifest.get("labels"):
+    if has_labels(spec.task) and manifest.get("labels"):
         labels = [str(x) for x in manifest["labels"]]
-    tokenizer_dir = artifact_dir if has_tokenizer(artifact_dir) else base_dir
+    tokenizer_dir = artifact_dir if has_tokenizer(artifact_dir, spec.task) else base_dir
     check_safe(tokenizer_dir)
 
     if manifest["format"] == "full":
         check_model_dir(artifact_dir)
-        if spec.task == "classification" and labels is None:
+        if has_labels(spec.task) and labels is None:
             labels = base_labels(artifact_dir)
         return _plan(spec, "full", artifact_dir, tokenizer_dir, None, labels)
 
     check_model_dir(base_dir)
     check_adapter_dir(artifact_dir)
-    if spec.task == "classification" and not labels:
-        raise ModelLoadError(
-            f"{MANIFEST} of classification adapter {spec.artifact!r} lists no labels"
-        )
+    if has_labels(spec.task) and not labels:
+        raise ModelLoadError(f"{MANIFEST} of {spec.task} adapter {spec.artifact!r} lists no labels")
     return _plan(spec, "adapter", base_dir, tokenizer_dir, artifact_dir, labels)
 
 
@@ -237,7 +240,10 @@ def load_served(load: LoadPlan, shared: SharedModel) -> LoadedModel:
     adapter_name = None
     own_bytes = 0
     try:
-        tokenizer = tokenizer_of(load.tokenizer_dir, shared.model)
+        if load.spec.task in MEDIA_TASKS:
+            tokenizer = SharedTokenizer(load_processor(load.tokenizer_dir, load.spec.task))
+        else:
+            tokenizer = tokenizer_of(load.tokenizer_dir, shared.model)
     except Exception as exc:
         raise ModelLoadError(
             f"cannot load the tokenizer of {load.spec.key!r}: {short_error(exc)}"
@@ -324,14 +330,28 @@ def check_adapter_dir(directory: Path) -> None:
         raise ModelLoadError(f"adapter {directory} has no {ADAPTER_WEIGHTS}")
 
 
-def has_tokenizer(directory: Path) -> bool:
+def has_tokenizer(directory: Path, task: Task = "classification") -> bool:
+    if task in MEDIA_TASKS:
+        return (directory / PROCESSOR_FILE).is_file()
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
-def auto_class(task: Task) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def has_labels(task: Task) -> bool:
+    return task in TASKS and task_plugins.get(task).export.labels
 
-    return AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+
+def auto_class(task: Task) -> Any:
+    import transformers
+
+    return getattr(transformers, task_plugins.get(task).export.auto_class)
+
+
+def load_processor(directory: Path, task: Task) -> Any:
+    """The image processor or feature extractor saved with an image or audio model."""
+    from transformers import AutoFeatureExtractor, AutoImageProcessor
+
+    loader = AutoImageProcessor if task == "image-classification" else AutoFeatureExtractor
+    return loader.from_pretrained(directory, trust_remote_code=False)
 
 
 def safe_kwargs(dtype: torch.dtype) -> dict[str, Any]:
@@ -342,7 +362,7 @@ def load_weights(task: Task, model_dir: Path, dtype: torch.dtype, num_labels: in
     """A transformers model from a checked directory. Label names are not set here: models
     sharing these weights each bring their own (LoadedModel.labels)."""
     kwargs = safe_kwargs(dtype)
-    if num_labels is not None and task == "classification":
+    if num_labels is not None and has_labels(task):
         config = json.loads((model_dir / "config.json").read_text())
         declared = len(config.get("id2label") or {}) or config.get("num_labels")
         if declared != num_labels:

@@ -26,6 +26,8 @@ MAX_INPUT_CHARS = 20_000
 MAX_MESSAGES = 256
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
+# a picture or sound as base64: 16 MiB of text, 12 MiB of file
+MAX_MEDIA_CHARS = 16 * 1024 * 1024
 
 
 class _Strict(BaseModel):
@@ -35,7 +37,7 @@ class _Strict(BaseModel):
 
 class ModelSpecBody(_Strict):
     key: str = Field(min_length=1, max_length=512)
-    task: Literal["classification", "causal-lm"]
+    task: Literal["classification", "causal-lm", "image-classification", "audio-classification"]
     base_model_dir: str = Field(min_length=1, max_length=4096)
     artifact: str | None = Field(default=None, min_length=1, max_length=1024)
 
@@ -63,17 +65,36 @@ class ChatInput(_Strict):
         return self
 
 
+MediaText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_MEDIA_CHARS)]
+
+
+class ImageInput(_Strict):
+    # base64, or a data: URL
+    image: MediaText
+
+
+class AudioInput(_Strict):
+    audio: MediaText
+
+
 def _input_kind(value: Any) -> str:
+    if isinstance(value, ImageInput) or (isinstance(value, dict) and "image" in value):
+        return "image"
+    if isinstance(value, AudioInput) or (isinstance(value, dict) and "audio" in value):
+        return "audio"
     return "chat" if isinstance(value, dict | ChatInput) else "text"
 
 
 PromptText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS)]
 InputItem = Annotated[
-    Annotated[PromptText, Tag("text")] | Annotated[ChatInput, Tag("chat")],
+    Annotated[PromptText, Tag("text")]
+    | Annotated[ChatInput, Tag("chat")]
+    | Annotated[ImageInput, Tag("image")]
+    | Annotated[AudioInput, Tag("audio")],
     Discriminator(_input_kind),
 ]
 # the union tags appear in validation error locations; they are dropped from messages
-INPUT_TAGS = frozenset({"text", "chat"})
+INPUT_TAGS = frozenset({"text", "chat", "image", "audio"})
 
 
 class Parameters(_Strict):

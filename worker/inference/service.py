@@ -28,6 +28,7 @@ from worker.inference.errors import ModelLoadError
 from worker.inference.export import export_merged
 from worker.inference.jobs import Job, prepare
 from worker.inference.loading import (
+    MEDIA_TASKS,
     LoadedModel,
     LoadPlan,
     ModelSpec,
@@ -349,7 +350,7 @@ def check_parameters(
     spec: ModelSpec, inputs: Sequence[PromptInput], parameters: Mapping[str, Any]
 ) -> None:
     """Refuse what the task would ignore, before paying for a load."""
-    allowed = CLASSIFICATION_PARAMETERS if spec.task == "classification" else GENERATION_PARAMETERS
+    allowed = GENERATION_PARAMETERS if spec.task == "causal-lm" else CLASSIFICATION_PARAMETERS
     for name, value in parameters.items():
         if value is not None and name not in allowed:
             raise PredictionInputError(
@@ -358,6 +359,15 @@ def check_parameters(
                 param=f"parameters.{name}",
                 code="unsupported_parameter",
             )
+    if spec.task in MEDIA_TASKS:
+        kind = "image" if spec.task == "image-classification" else "audio"
+        for index, item in enumerate(inputs):
+            if not isinstance(item, Mapping) or set(item) != {kind}:
+                raise PredictionInputError(
+                    f"inputs[{index}]: an {spec.task} model takes items "
+                    f'{{"{kind}": "<base64 or data: URL>"}}',
+                    code="unsupported_input",
+                )
     if spec.task == "classification":
         for index, item in enumerate(inputs):
             if not isinstance(item, str):

@@ -42,8 +42,9 @@ class TaskTrainer(ABC):
 
     # the torch-free half: name, formats, metrics, defaults
     plugin: TaskPlugin
-    # peft's task type for the LoRA adapter
-    peft_task_type: TaskType
+    # peft's task type for the LoRA adapter (None: a plain PeftModel, for a head peft has no
+    # task type for, such as image classification's)
+    peft_task_type: TaskType | None
     # the row field a carved validation split keeps the proportions of (None: a plain split)
     stratify_by: str | None = None
 
@@ -96,6 +97,19 @@ class TaskTrainer(ABC):
 
     def check_start(self, manifest: dict[str, Any], labels: list[str]) -> None:
         """Refuse a from_checkpoint model that this job's data cannot continue."""
+        return None
+
+    def lora_targets(self, model_type: str) -> str | list[str] | None:
+        """LoRA's target modules when the job names none (None: peft's default for the
+        architecture, else every linear layer)."""
+        return None
+
+    def lora_modules_to_save(self, model: nn.Module) -> list[str]:
+        """Modules an adapter trains and saves whole (peft's task types add their own head)."""
+        return []
+
+    def prepare_model(self, model: nn.Module, spec: TrainSpec, note: Note) -> None:
+        """Last changes to the trainable model after the recipe (freeze a front end, ...)."""
         return None
 
 

@@ -29,7 +29,7 @@ from worker.training.layout import MANIFEST
 from worker.training.plugin import trainer_for
 
 # Output heads: trained by every recipe, kept whole (not LoRA-adapted) in adapters.
-HEAD_NAMES = {"classifier", "score", "lm_head", "pooler"}
+HEAD_NAMES = {"classifier", "score", "lm_head", "pooler", "projector"}
 # Final norms sit between the last block and the head; freeze trains them with the blocks.
 FINAL_NORM_NAMES = {"norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f"}
 
@@ -141,6 +141,7 @@ def _lora(model: PreTrainedModel, task: str, training_type: LoraType) -> PeftMod
         str(model.config.model_type),
         # GPT-2 style Conv1D layers store their weight transposed.
         fan_in_fan_out=any(isinstance(module, Conv1D) for module in model.modules()),
+        modules_to_save=trainer_for(task).lora_modules_to_save(model),
     )
     try:
         with warnings.catch_warnings():
@@ -154,10 +155,16 @@ def _lora(model: PreTrainedModel, task: str, training_type: LoraType) -> PeftMod
 
 
 def lora_config(
-    training_type: LoraType, task: str, model_type: str, fan_in_fan_out: bool = False
+    training_type: LoraType,
+    task: str,
+    model_type: str,
+    fan_in_fan_out: bool = False,
+    modules_to_save: list[str] | None = None,
 ) -> LoraConfig:
     """peft's LoraConfig for the job's training type, its values as the job gave them."""
     target: str | list[str] | None = training_type.target_modules
+    if target is None:
+        target = trainer_for(task).lora_targets(model_type)
     if target is None and model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         # peft knows no default for this architecture: adapt every linear layer but the head.
         target = "all-linear"
@@ -169,6 +176,9 @@ def lora_config(
         lora_dropout=training_type.dropout,
         target_modules=target,
         fan_in_fan_out=fan_in_fan_out,
+        modules_to_save=modules_to_save or None,
+        # a head saved whole is never also adapted (all-linear would reach it otherwise)
+        exclude_modules=modules_to_save or None,
     )
 
 

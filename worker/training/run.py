@@ -154,10 +154,11 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     # Seeded: a new classification head and LoRA's matrices start from random weights.
     set_seed(spec.seed)
     base = load_model(spec.task, weights_dir, splits.labels, quantization, ranks.local_rank)
-    if base.config.pad_token_id is None:
+    if getattr(base.config, "pad_token_id", None) is None and hasattr(processor, "pad_token_id"):
         # Sequence classification finds each row's last token through the pad id.
         base.config.pad_token_id = getattr(processor, "pad_token_id", None)
     model = apply_recipe(base, spec.task, spec.training_type, events.message, adapter_dir)
+    task.prepare_model(model, spec, events.message)
     trainable, total = count_parameters(model)
     resume_from = _checkpoint_to_resume(spec, events, ranks)
     args = training_arguments(spec, len(train_set.features), ranks)

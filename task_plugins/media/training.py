@@ -1,0 +1,268 @@
+"""Image and audio classification training (the worker's half; imports torch).
+
+The rows name a member of an uploaded zip; nothing is decoded ahead of time. The collator
+reads each batch's files straight from their archives, augments the training rows (a fresh
+random crop and flip per epoch, from torch's RNG so a resumed job continues the same
+sequence), and runs the model's own processor. Labels, the validation checks and the
+metrics are text classification's.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import TaskType
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from app.failures import Failure
+from app.jobs.spec import TrainSpec
+from task_plugins.base import Row
+from task_plugins.media.archive import Modality
+from task_plugins.media.decode import load_audio, load_image
+from task_plugins.text_classification.metrics import ClassificationMetrics
+from task_plugins.text_classification.training import TextClassificationTrainer
+from worker.training.features import Encoded
+from worker.training.plugin import SAFE_LOAD, ComputeMetrics, Note, PreprocessLogits
+
+# peft's image-classification guide adapts attention's query and value and trains the head
+# in full; convolutional nets get their convolutions adapted instead. Attention's names are
+# given both ways: transformers 5 renamed ViT's query/value to q_proj/v_proj (peft matches
+# the names a model has and ignores the others).
+_QUERY_VALUE = ["query", "value", "q_proj", "v_proj"]
+LORA_TARGETS: dict[str, list[str]] = {
+    **dict.fromkeys(
+        ("vit", "deit", "dinov2", "beit", "data2vec-vision", "vit_msn", "swin", "swinv2"),
+        _QUERY_VALUE,
+    ),
+    **{key: ["convolution"] for key in ("resnet", "regnet", "mobilenet_v1", "mobilenet_v2")},
+    **{key: ["pwconv1", "pwconv2"] for key in ("convnext", "convnextv2")},
+    "efficientnet": ["expand_conv", "project_conv"],
+    **dict.fromkeys(
+        ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech", "unispeech-sat", "sew"),
+        _QUERY_VALUE,
+    ),
+    "audio-spectrogram-transformer": _QUERY_VALUE,
+}
+# the new or resized head (and audio's projector before it): trained whole, saved in adapters
+HEAD_MODULES = ["classifier", "projector"]
+# Random resized crop (torchvision's defaults) and a horizontal flip half the time.
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+# Audio clips longer than this are cropped: at random in training, from the start otherwise.
+MAX_CLIP_SECONDS = 10.0
+TOP_K = 5
+
+
+class MediaClassificationTrainer(TextClassificationTrainer):
+    """Shared by image and audio classification; a subclass names the modality and classes."""
+
+    modality: Modality
+    peft_task_type: TaskType | None = None
+    # transformers' model_type -> class tables for the task
+    mapping_names: dict[str, Any]
+    auto_model: Any
+    what: str
+
+    def check_base_model(self, config: PretrainedConfig, base_dir: Path) -> None:
+        model_type = str(getattr(config, "model_type", ""))
+        if model_type not in self.mapping_names:
+            raise Failure(
+                "invalid_base_model",
+                f"{base_dir.name} (model_type {model_type!r}) has no {self.what}-classification "
+                f"head in transformers; choose {self.examples}",
+                "model",
+            )
+
+    @property
+    def examples(self) -> str:
+        return (
+            "ViT, DeiT, ResNet, ConvNeXt, Swin"
+            if self.modality == "image"
+            else ("Wav2Vec2, HuBERT, WavLM or AST")
+        )
+
+    def load_processor(self, base_dir: Path, formats: set[str], note: Note) -> Any:
+        from transformers import AutoFeatureExtractor, AutoImageProcessor
+
+        loader = AutoImageProcessor if self.modality == "image" else AutoFeatureExtractor
+        try:
+            return loader.from_pretrained(base_dir, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise Failure(
+                "invalid_base_model",
+                f"cannot load the base model's {self.what} processor "
+                f"(preprocessor_config.json): {exc}",
+                "model",
+            ) from exc
+
+    def encode(
+        self, spec: TrainSpec, rows: list[Row], processor: Any, labels: list[str], max_length: int
+    ) -> Encoded:
+        ids = {label: index for index, label in enumerate(labels)}
+        return Encoded(
+            [{"archive": r["archive"], "file": r["file"], "labels": ids[r["label"]]} for r in rows]
+        )
+
+    def load_model(
+        self, weights_dir: Path, labels: list[str], extra: dict[str, Any]
+    ) -> PreTrainedModel:
+        model: PreTrainedModel = self.auto_model.from_pretrained(
+            weights_dir,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: index for index, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            dtype=torch.float32,
+            **SAFE_LOAD,
+            **extra,
+        )
+        return model
+
+    def lora_targets(self, model_type: str) -> str | list[str] | None:
+        return LORA_TARGETS.get(model_type, "all-linear")
+
+    def lora_modules_to_save(self, model: nn.Module) -> list[str]:
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        return [name for name in HEAD_MODULES if name in names]
+
+    def prepare_model(self, model: nn.Module, spec: TrainSpec, note: Note) -> None:
+        return None
+
+    def collator(
+        self,
+        spec: TrainSpec,
+        model: nn.Module,
+        processor: Any,
+        train_set: Encoded,
+        cuda: bool,
+        note: Note,
+    ) -> Callable[[list[dict[str, Any]]], Any]:
+        return MediaCollator(
+            self.modality,
+            processor,
+            augment=spec.hyperparameters.augmentation,
+            train_features=train_set.features,
+        )
+
+    def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
+        return MediaMetrics(labels), None
+
+
+class MediaCollator:
+    """Rows naming zip members → the processor's tensors and the label ids.
+
+    The Trainer uses one collator for training and evaluation; the training rows are known
+    by identity (the same dicts the training dataset hands out), and only they are augmented.
+    """
+
+    def __init__(
+        self,
+        modality: Modality,
+        processor: Any,
+        augment: bool,
+        train_features: list[dict[str, Any]],
+    ) -> None:
+        self.modality = modality
+        self.processor = processor
+        self.augment = augment
+        self.train_ids = {id(features) for features in train_features}
+        self._archives: dict[str, zipfile.ZipFile] = {}
+
+    def read(self, archive: str, member: str) -> bytes:
+        opened = self._archives.get(archive)
+        if opened is None:
+            opened = self._archives[archive] = zipfile.ZipFile(archive)
+        return opened.read(member)
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        training = [self.augment and id(features) in self.train_ids for features in batch]
+        raw = [self.read(features["archive"], features["file"]) for features in batch]
+        if self.modality == "image":
+            images = [load_image(data) for data in raw]
+            images = [
+                random_resized_crop(image) if train else image
+                for image, train in zip(images, training, strict=True)
+            ]
+            out = dict(self.processor(images=images, return_tensors="pt"))
+        else:
+            rate = int(self.processor.sampling_rate)
+            clips = [
+                crop_clip(load_audio(data, rate), rate, train)
+                for data, train in zip(raw, training, strict=True)
+            ]
+            out = dict(audio_inputs(self.processor, clips, rate))
+        out["labels"] = torch.tensor([features["labels"] for features in batch], dtype=torch.long)
+        return out
+
+
+def audio_inputs(processor: Any, clips: list[np.ndarray], rate: int) -> Any:
+    kwargs: dict[str, Any] = {"sampling_rate": rate, "return_tensors": "pt", "padding": True}
+    if getattr(processor, "return_attention_mask", False):
+        kwargs["return_attention_mask"] = True
+    return processor(clips, **kwargs)
+
+
+def random_resized_crop(image: Any) -> Any:
+    """A random crop of 8-100% of the area at a 3/4-4/3 aspect ratio (torchvision's
+    RandomResizedCrop, before the processor resizes), flipped left-right half the time."""
+    from PIL import Image
+
+    width, height = image.size
+    area = width * height
+    box = (0, 0, width, height)
+    for _ in range(10):
+        target = area * _uniform(*CROP_SCALE)
+        ratio = math.exp(_uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
+        w = round(math.sqrt(target * ratio))
+        h = round(math.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            box = (left, top, left + w, top + h)
+            break
+    cropped = image.crop(box)
+    if float(torch.rand(())) < 0.5:
+        cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return cropped
+
+
+def crop_clip(samples: np.ndarray, rate: int, random: bool) -> np.ndarray:
+    """At most MAX_CLIP_SECONDS of a clip: a random window in training, else the start."""
+    limit = int(MAX_CLIP_SECONDS * rate)
+    if len(samples) <= limit:
+        return samples
+    start = int(torch.randint(0, len(samples) - limit + 1, (1,))) if random else 0
+    return samples[start : start + limit]
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+class MediaMetrics(ClassificationMetrics):
+    """The classification figures, plus top-5 accuracy when there are more than 5 classes."""
+
+    def __call__(self, prediction: Any) -> dict[str, Any]:
+        metrics = super().__call__(prediction)
+        if len(self.labels) > TOP_K:
+            logits = prediction.predictions
+            if isinstance(logits, tuple):
+                logits = logits[0]
+            metrics["top5_accuracy"] = top_k_accuracy(
+                np.asarray(logits), np.asarray(prediction.label_ids).reshape(-1), TOP_K
+            )
+        return metrics
+
+
+def top_k_accuracy(scores: np.ndarray, true: np.ndarray, k: int) -> float:
+    if len(true) == 0:
+        return 0.0
+    best = np.argsort(-scores, axis=-1)[:, :k]
+    return float((best == true[:, None]).any(axis=1).mean())
