@@ -30,6 +30,8 @@ TOOL_ROLES = ("tool", "function")
 _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
 _TOOL_CALL_KEYS = frozenset({"id", "type", "function"})
 _CALL_FUNCTION_KEYS = frozenset({"name", "arguments"})
+# the roles chat templates know, for OpenAI's other names
+_ROLE_AS = {"function": "tool", "developer": "system"}
 
 
 def check_row_tools(row: Row) -> str | None:
@@ -255,7 +257,7 @@ def normalize_tool_row(row: Row) -> Row:
     last_function = ""
     for message in row["messages"]:
         role = message["role"]
-        out: dict[str, Any] = {"role": "tool" if role == "function" else role}
+        out: dict[str, Any] = {"role": _ROLE_AS.get(role, role)}
         content = message.get("content")
         out["content"] = content if isinstance(content, str) else ""
         if role == "assistant":

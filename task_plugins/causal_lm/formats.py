@@ -22,7 +22,8 @@ from task_plugins.rows import check_text, json_type
 
 PROMPT_COMPLETION = "prompt-completion"
 CHAT = "chat"
-CHAT_ROLES = ("system", "user", "assistant", "tool", "function")
+# `developer` is OpenAI's newer name for `system` (read as system, as chat completions do)
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # The keys OpenAI documents for a chat training message. `name` is accepted and not trained
 # on; `weight` (assistant messages only) says whether to learn from that message.
 CHAT_MESSAGE_KEYS = (

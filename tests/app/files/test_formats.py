@@ -198,7 +198,8 @@ ASSISTANT = {"role": "assistant", "content": "ok"}
         ),
         (
             [{"role": "bot", "content": "a"}, ASSISTANT],
-            "messages[0].role must be one of system, user, assistant",
+            "messages[0].role must be one of system, developer, user, assistant, tool, function, "
+            'got "bot"',
         ),
         ([{"role": "assistant", "content": 3}], "messages[0].content must be a string"),
         (

@@ -105,6 +105,14 @@ def test_a_plain_row_normalizes_as_before(tmp_path: Path) -> None:
     assert read_examples(path, "train.jsonl") == ("chat", [PLAIN])
 
 
+def test_a_developer_message_is_read_as_system(tmp_path: Path) -> None:
+    developer = {"messages": [{"role": "developer", "content": "be brief"}, *PLAIN["messages"]]}
+    report, path = inspect_lines(tmp_path, json.dumps(developer))
+    assert report.ok, report.errors
+    rows = read_examples(path, "train.jsonl")[1]
+    assert rows == [{"messages": [{"role": "system", "content": "be brief"}, *PLAIN["messages"]]}]
+
+
 def test_tool_rows_count_their_definitions_and_calls_in_the_size_estimate(
     tmp_path: Path,
 ) -> None:
