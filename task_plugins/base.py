@@ -51,6 +51,8 @@ class RowFormat:
     label_key: str | None = None
     # a more helpful refusal than "unexpected key(s)" for some extra keys (None: the plain one)
     extra_keys_problem: Callable[[set[str]], str | None] | None = None
+    # keys a row may have besides `columns` (`check` checks them; they do not detect the format)
+    optional_keys: frozenset[str] = frozenset()
 
     @property
     def keys(self) -> frozenset[str]:

@@ -403,16 +403,17 @@ def _check_row(row: Any, scan: _Scan, line: int) -> str | None:
             f"this row is in the {row_format.name} format but the file is {scan.format} "
             "(from its first row)"
         )
-    extra = set(row) - row_format.keys
+    extra = set(row) - row_format.keys - row_format.optional_keys
     if extra and row_format.extra_keys_problem is not None:
         problem = row_format.extra_keys_problem(extra)
         if problem:
             return problem
     if extra:
         allowed = ", ".join(sorted(row_format.keys))
+        optional = ", ".join(sorted(row_format.optional_keys))
         return (
             f"unexpected key(s) {', '.join(sorted(extra))}: a {row_format.name} row has "
-            f"exactly {allowed}"
+            f"exactly {allowed}" + (f" (and optionally {optional})" if optional else "")
         )
     return row_format.check(row)
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.responses import FileResponse
 
 from app.deps import EnqueueJobDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep, StoreDep
 from app.errors import download_response
 from app.failures import not_found
 from app.jobs import repository, service
+from app.jobs.listing import list_page_matching, metadata_filter
 from app.jobs.schemas import CheckpointPublic, JobCreate, JobPublic
 from app.models.export import tarball
 from app.pagination import check_limit, page
@@ -39,14 +40,26 @@ def create_job(
 
 @router.get("")
 def list_jobs(
+    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     after: str | None = None,
     limit: Annotated[int, Query()] = 20,
 ) -> dict[str, Any]:
-    rows = repository.list_page(
-        session, project_id=principal.project_id, after=after, limit=check_limit(limit)
-    )
+    # OpenAI's metadata[key]=value filter (the SDK's jobs.list(metadata={...}))
+    metadata = metadata_filter(request.query_params.multi_items())
+    if metadata:
+        rows = list_page_matching(
+            session,
+            project_id=principal.project_id,
+            after=after,
+            limit=check_limit(limit),
+            metadata=metadata,
+        )
+    else:
+        rows = repository.list_page(
+            session, project_id=principal.project_id, after=after, limit=check_limit(limit)
+        )
     return page([JobPublic.of(r).model_dump() for r in rows], limit)
 
 

@@ -9,24 +9,34 @@ import json
 from typing import Any
 
 from task_plugins.base import Row, RowFormat
+from task_plugins.causal_lm.chat_tools import (
+    TOOL_ROLES,
+    TOOL_ROW_KEYS,
+    CallLedger,
+    check_row_tools,
+    check_tool_calls,
+    normalize_tool_row,
+    tool_chars,
+)
 from task_plugins.rows import check_text, json_type
 
 PROMPT_COMPLETION = "prompt-completion"
 CHAT = "chat"
-CHAT_ROLES = ("system", "user", "assistant")
+# `developer` is OpenAI's newer name for `system` (read as system, as chat completions do)
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 # The keys OpenAI documents for a chat training message. `name` is accepted and not trained
 # on; `weight` (assistant messages only) says whether to learn from that message.
-CHAT_MESSAGE_KEYS = ("role", "content", "name", "weight")
+CHAT_MESSAGE_KEYS = (
+    "role",
+    "content",
+    "name",
+    "weight",
+    "tool_calls",
+    "function_call",
+    "tool_call_id",
+)
 # A rough allowance for the role header and end-of-turn marker of each chat message.
 TOKENS_PER_MESSAGE = 4
-# What OpenAI's format has for tool calling, which Tunery does not train.
-_TOOL_ROLES = ("tool", "function")
-_TOOL_MESSAGE_KEYS = frozenset({"tool_calls", "function_call", "tool_call_id"})
-_TOOL_ROW_KEYS = frozenset({"tools", "functions", "parallel_tool_calls"})
-_TOOLS_UNSUPPORTED = (
-    "tool and function calling is not supported: Tunery fine-tunes on the text of system, "
-    "user and assistant messages"
-)
 
 
 def _check_prompt_completion(row: Row) -> str | None:
@@ -46,45 +56,85 @@ def _check_chat(row: Row) -> str | None:
     messages = row["messages"]
     if not isinstance(messages, list) or not messages:
         return f"'messages' must be a non-empty list, got {json_type(messages)}"
+    problem = check_row_tools(row)
+    if problem:
+        return problem
+    ledger = CallLedger()
     for index, message in enumerate(messages):
-        problem = _check_message(message, f"messages[{index}]")
+        where = f"messages[{index}]"
+        problem = _check_message(message, where, ledger)
         if problem:
             return problem
-    if not any(message["role"] == "assistant" for message in messages):
+    if row.get("parallel_tool_calls") is False:
+        for index, message in enumerate(messages):
+            if len(message.get("tool_calls") or []) > 1:
+                return (
+                    f"messages[{index}] makes {len(message['tool_calls'])} tool calls but the "
+                    "row sets parallel_tool_calls to false: one call per assistant message"
+                )
+    assistants = [message for message in messages if message["role"] == "assistant"]
+    if not assistants:
         return "'messages' has no assistant message: nothing to learn from"
+    if all(message.get("weight") == 0 for message in assistants):
+        return (
+            "every assistant message has weight 0: nothing to learn from; give at least one "
+            "weight 1 (or no weight)"
+        )
     return None
 
 
-def _check_message(message: Any, where: str) -> str | None:
+def _check_message(message: Any, where: str, ledger: CallLedger) -> str | None:
     if not isinstance(message, dict):
         return f"{where} must be an object with 'role' and 'content', got {json_type(message)}"
-    tool_keys = set(message) & _TOOL_MESSAGE_KEYS
-    if tool_keys:
-        return f"{where} has {', '.join(sorted(tool_keys))}: {_TOOLS_UNSUPPORTED}"
     unknown = set(message) - set(CHAT_MESSAGE_KEYS)
     if unknown:
         return (
             f"{where} has unknown key(s) {', '.join(sorted(unknown))}; a message may only have "
             f"{', '.join(CHAT_MESSAGE_KEYS)}"
         )
-    for key in ("role", "content"):
-        if key not in message:
-            return f"{where} has no '{key}'"
+    if "role" not in message:
+        return f"{where} has no 'role'"
     role = message["role"]
-    if role in _TOOL_ROLES:
-        return f"{where}.role is {role!r}: {_TOOLS_UNSUPPORTED}; remove that message"
     if role not in CHAT_ROLES:
-        return f"{where}.role must be one of {', '.join(CHAT_ROLES)}, got {role!r}"
-    content = message["content"]
+        return f"{where}.role must be one of {', '.join(CHAT_ROLES)}, got {json.dumps(role)}"
+    calls = "tool_calls" in message or "function_call" in message
+    for key in ("tool_calls", "function_call"):
+        if key in message and role != "assistant":
+            return f"{where}.{key} is only allowed on assistant messages"
+    if "tool_call_id" in message and role != "tool":
+        return f"{where}.tool_call_id is only allowed on tool messages"
+    if "weight" in message:
+        problem = _check_weight(message["weight"], role, where)
+        if problem:
+            return problem
+    problem = ledger.answer(message, where) if role in TOOL_ROLES else ledger.unanswered(where)
+    if problem:
+        return problem
+    # an assistant message that calls tools may have no content (or null)
+    if not (calls and message.get("content") is None):
+        if "content" not in message:
+            return f"{where} has no 'content'"
+        problem = _check_content(message["content"], where)
+        if problem:
+            return problem
+    if "name" in message and (not isinstance(message["name"], str) or not message["name"]):
+        return f"{where}.name must be a non-empty string, got {json_type(message['name'])}"
+    if role == "function" and "name" not in message:
+        return f"{where} (role 'function') needs 'name': the function whose result it holds"
+    if calls:
+        problem = check_tool_calls(message, where, ledger.ids)
+        if problem:
+            return problem
+        ledger.called(message, where)
+    return None
+
+
+def _check_content(content: Any, where: str) -> str | None:
     if not isinstance(content, str):
         hint = "; content parts (a list) are not supported" if isinstance(content, list) else ""
         return f"{where}.content must be a string, got {json_type(content)}{hint}"
     if not content:
         return f"{where}.content is empty"
-    if "name" in message and (not isinstance(message["name"], str) or not message["name"]):
-        return f"{where}.name must be a non-empty string, got {json_type(message['name'])}"
-    if "weight" in message:
-        return _check_weight(message["weight"], role, where)
     return None
 
 
@@ -93,38 +143,21 @@ def _check_weight(weight: Any, role: str, where: str) -> str | None:
         return f"{where}.weight is only allowed on assistant messages"
     if isinstance(weight, bool) or weight not in (0, 1):
         return f"{where}.weight must be 0 or 1, got {json.dumps(weight)}"
-    if weight == 0:
-        # the trainer learns from every assistant message; skipping one is not wired yet
-        return (
-            f"{where}.weight 0 is not supported yet: every assistant message is trained on; "
-            "remove the weight (or the message)"
-        )
     return None
 
 
-def _tool_keys(extra: set[str]) -> str | None:
-    tools = extra & _TOOL_ROW_KEYS
-    if not tools:
-        return None
-    return f"unexpected key(s) {', '.join(sorted(tools))}: {_TOOLS_UNSUPPORTED}; remove them"
-
-
-def _normalize_chat(row: Row) -> Row:
-    # what the trainer renders: name is not trained on, weight is always 1 here
-    return {
-        "messages": [
-            {"role": message["role"], "content": message["content"]} for message in row["messages"]
-        ]
-    }
+def _chat_chars(row: Row) -> int:
+    contents = sum(len(message.get("content") or "") for message in row["messages"])
+    return contents + tool_chars(row)
 
 
 CHAT_ROWS = RowFormat(
     name=CHAT,
     columns=("messages",),
     check=_check_chat,
-    normalize=_normalize_chat,
-    chars=lambda row: sum(len(message["content"]) for message in row["messages"]),
+    normalize=normalize_tool_row,
+    chars=_chat_chars,
     token_overhead=lambda row: TOKENS_PER_MESSAGE * len(row["messages"]),
     csv=False,
-    extra_keys_problem=_tool_keys,
+    optional_keys=frozenset(TOOL_ROW_KEYS),
 )

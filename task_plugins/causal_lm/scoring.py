@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from task_plugins.causal_lm import perplexity
+from task_plugins.causal_lm.chat_tools import has_tools
 from task_plugins.causal_lm.training import encode_causal
 from worker.evaluation.scoring import BATCH_SIZE
 from worker.inference.loading import LoadedModel
@@ -90,7 +91,8 @@ def _prompted(row: Row) -> _Prompted | None:
     if "messages" in row:
         messages = list(row["messages"])
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
-        if last < 1:
+        # tool-calling chats need their tools in the prompt; a weight-0 turn is no reference
+        if last < 1 or has_tools(row) or messages[last].get("weight") == 0:
             return None
         return _Prompted({"messages": messages[:last]}, str(messages[last]["content"]))
     return _Prompted(str(row["prompt"]), str(row["completion"]))

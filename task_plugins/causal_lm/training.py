@@ -22,6 +22,7 @@ from app.failures import Failure
 from app.jobs.spec import TrainSpec
 from task_plugins.base import Row
 from task_plugins.causal_lm import TASK
+from task_plugins.causal_lm.chat_render import check_tool_template, render_chat
 from task_plugins.causal_lm.formats import CHAT
 from task_plugins.causal_lm.metrics import argmax_logits, causal_lm_metrics
 from task_plugins.text_classification import ENCODER_TYPES
@@ -78,6 +79,7 @@ class CausalLmTrainer(TaskTrainer):
     def encode(
         self, spec: TrainSpec, rows: list[Row], processor: Any, labels: list[str], max_length: int
     ) -> Encoded:
+        check_tool_template(processor, rows, spec.base_model_dir.name)
         return encode_causal(rows, processor, max_length, spec.hyperparameters.train_on_inputs)
 
     def load_model(
@@ -147,17 +149,20 @@ def encode_causal(
 ) -> Encoded:
     """input_ids, attention_mask and labels (IGNORE_INDEX where no loss is taken).
 
-    The loss is on completions / assistant turns only, unless `train_on_inputs` puts it on
-    every token (prompts, system and user turns too).
+    The loss is on completions / assistant turns (tool calls included) only, unless
+    `train_on_inputs` puts it on every token (prompts, system, user and tool turns too).
+    Assistant messages of weight 0 never have a loss.
     """
     encoded = Encoded([])
     for row in rows:
         if "messages" in row:
-            input_ids, labels = _chat_tokens(row["messages"], tokenizer)
+            input_ids, labels = _chat_tokens(
+                row["messages"], tokenizer, row.get("tools"), train_on_inputs
+            )
         else:
             input_ids, labels = _prompt_completion_tokens(row, tokenizer)
-        if train_on_inputs:
-            labels = list(input_ids)
+            if train_on_inputs:
+                labels = list(input_ids)
         if len(input_ids) > max_length:
             encoded.truncated += 1
             input_ids, labels = input_ids[:max_length], labels[:max_length]
@@ -183,52 +188,64 @@ def _prompt_completion_tokens(
 
 
 def _chat_tokens(
-    messages: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase
+    messages: list[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    tools: list[dict[str, Any]] | None = None,
+    train_on_inputs: bool = False,
 ) -> tuple[list[int], list[int]]:
-    """Tokens of the rendered chat, with labels only on the assistant messages' tokens."""
+    """Tokens of the rendered chat, with labels only on the assistant messages' tokens
+    (every token with `train_on_inputs`), never on those of weight-0 assistant messages."""
 
-    def render(prefix: list[dict[str, str]], generation_prompt: bool = False) -> str:
-        text = tokenizer.apply_chat_template(
-            prefix, tokenize=False, add_generation_prompt=generation_prompt
-        )
-        return str(text)
+    def render(prefix: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+        return render_chat(tokenizer, prefix, tools, generation_prompt)
 
     text = render(messages)
     spans = assistant_spans(messages, text, render)
+    trained = [(start, end) for start, end, weight in spans if weight]
+    skipped = [(start, end) for start, end, weight in spans if not weight]
+
+    def label(token: int, start: int, end: int) -> int:
+        if _overlaps(start, end, skipped):
+            return IGNORE_INDEX
+        return token if train_on_inputs or _overlaps(start, end, trained) else IGNORE_INDEX
+
     # The template already writes any BOS/EOS it wants, so add none here.
     if tokenizer.is_fast:
         encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         input_ids = list(encoding["input_ids"])
         offsets = encoding["offset_mapping"]
         labels = [
-            token
-            if any(start < span_end and end > span_start for span_start, span_end in spans)
-            else IGNORE_INDEX
-            for token, (start, end) in zip(input_ids, offsets, strict=True)
+            label(token, start, end) for token, (start, end) in zip(input_ids, offsets, strict=True)
         ]
         return input_ids, labels
     input_ids, labels = [], []
     cursor = 0
-    for span_start, span_end in [*spans, (len(text), len(text))]:
-        for piece, trained in ((text[cursor:span_start], False), (text[span_start:span_end], True)):
+    for span_start, span_end, weight in [*spans, (len(text), len(text), 0)]:
+        pieces = ((text[cursor:span_start], train_on_inputs), (text[span_start:span_end], weight))
+        for piece, learned in pieces:
             ids = list(tokenizer(piece, add_special_tokens=False)["input_ids"]) if piece else []
             input_ids += ids
-            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+            labels += ids if learned else [IGNORE_INDEX] * len(ids)
         cursor = span_end
     return input_ids, labels
 
 
+def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    return any(start < span_end and end > span_start for span_start, span_end in spans)
+
+
 def assistant_spans(
-    messages: list[dict[str, str]], text: str, render: Callable[..., str]
-) -> list[tuple[int, int]]:
-    """Character spans of the assistant turns in `text` (the rendered chat).
+    messages: list[dict[str, Any]], text: str, render: Callable[..., str]
+) -> list[tuple[int, int, int]]:
+    """Character spans of the assistant turns in `text` (the rendered chat), each with its
+    weight (0 or 1).
 
     Rendering the chat up to each assistant turn tells where the turn starts (after the
     generation prompt, so the role header is not learned) and ends (including what the
     template writes after it, e.g. EOS, so the model learns to stop). Templates whose
     renders are not prefixes of each other fall back to finding the content itself.
     """
-    spans: list[tuple[int, int]] = []
+    spans: list[tuple[int, int, int]] = []
     cursor = 0
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -243,18 +260,19 @@ def assistant_spans(
                     start = len(before)
                     break
         if start is None or end is None:
-            found = text.find(message["content"], cursor)
+            content = message.get("content") or ""
+            found = text.find(content, cursor) if content else -1
             if found < 0:
                 continue
-            start, end = found, found + len(message["content"])
+            start, end = found, found + len(content)
         if end > start:
-            spans.append((start, end))
+            spans.append((start, end, 0 if message.get("weight") == 0 else 1))
         cursor = end
     return spans
 
 
 def _safe_render(
-    render: Callable[..., str], prefix: list[dict[str, str]], generation_prompt: bool
+    render: Callable[..., str], prefix: list[dict[str, Any]], generation_prompt: bool
 ) -> str | None:
     if not prefix:
         return "" if not generation_prompt else None

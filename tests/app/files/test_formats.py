@@ -194,11 +194,12 @@ ASSISTANT = {"role": "assistant", "content": "ok"}
         (
             [{"role": "user", "content": "a", "id": 3}, ASSISTANT],
             "messages[0] has unknown key(s) id; a message may only have role, content, name, "
-            "weight",
+            "weight, tool_calls, function_call, tool_call_id",
         ),
         (
             [{"role": "bot", "content": "a"}, ASSISTANT],
-            "messages[0].role must be one of system, user, assistant",
+            "messages[0].role must be one of system, developer, user, assistant, tool, function, "
+            'got "bot"',
         ),
         ([{"role": "assistant", "content": 3}], "messages[0].content must be a string"),
         (
@@ -212,15 +213,11 @@ ASSISTANT = {"role": "assistant", "content": "ok"}
         ([ASSISTANT, {"role": "user", "content": ""}], "messages[1].content is empty"),
         (
             [ASSISTANT, {"role": "tool", "content": "42", "tool_call_id": "c1"}],
-            "messages[1] has tool_call_id: tool and function calling is not supported",
-        ),
-        (
-            [ASSISTANT, {"role": "function", "content": "42"}],
-            "messages[1].role is 'function': tool and function calling is not supported",
+            'messages[1].tool_call_id "c1" matches no earlier tool call',
         ),
         (
             [{"role": "assistant", "content": "x", "tool_calls": []}],
-            "messages[0] has tool_calls: tool and function calling",
+            "messages[0].tool_calls must be a non-empty list, got an empty list",
         ),
         ([{"role": "user", "content": "a", "name": 5}, ASSISTANT], "name must be a non-empty"),
         (
@@ -229,7 +226,10 @@ ASSISTANT = {"role": "assistant", "content": "ok"}
         ),
         ([{"role": "assistant", "content": "a", "weight": 2}], "weight must be 0 or 1, got 2"),
         ([{"role": "assistant", "content": "a", "weight": True}], "weight must be 0 or 1"),
-        ([{"role": "assistant", "content": "a", "weight": 0}], "weight 0 is not supported yet"),
+        (
+            [{"role": "assistant", "content": "a", "weight": 0}],
+            "every assistant message has weight 0: nothing to learn from",
+        ),
         ([{"role": "user", "content": "a"}], "no assistant message"),
     ],
 )
@@ -238,15 +238,6 @@ def test_chat_errors(tmp_path: Path, messages: Any, fragment: str) -> None:
     error = only_error(inspect(tmp_path, "chat.jsonl", content))
     assert error == {"line": 2, "message": error["message"]}
     assert fragment in error["message"]
-
-
-def test_chat_tools_at_the_row_level_are_refused(tmp_path: Path) -> None:
-    row = {**CHAT_ROW, "tools": [{"type": "function", "function": {"name": "f"}}]}
-    error = only_error(inspect(tmp_path, "chat.jsonl", jsonl(row)))
-    assert error["line"] == 1
-    assert (
-        "unexpected key(s) tools: tool and function calling is not supported" in (error["message"])
-    )
 
 
 def test_chat_name_and_weight_are_accepted_and_not_trained_on(tmp_path: Path) -> None:
