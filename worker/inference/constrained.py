@@ -136,7 +136,11 @@ class Grammars:
         """The compiled grammar of OpenAI's response_format (json_object or json_schema)."""
         kind = response_format.get("type")
         if kind == "json_object":
-            return self.compiler.compile_builtin_json_grammar()
+            # an object, as OpenAI's JSON mode promises (the built-in JSON grammar also takes
+            # arrays and scalars), with any members
+            return self.compiler.compile_json_schema(
+                '{"type": "object"}', any_whitespace=False, strict_mode=False
+            )
         schema = response_format["json_schema"]["schema"]
         check_schema(schema, "response_format.json_schema.schema")
         return self._compile(
