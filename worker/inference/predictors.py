@@ -8,11 +8,12 @@ whole round trip for one model and a list of inputs.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import torch
 
@@ -37,9 +38,13 @@ class Classification(TypedDict):
 
 class Generation(TypedDict):
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
+    # asked for with logprobs: OpenAI's chat logprobs.content items, one per token
+    logprobs: NotRequired[list[dict[str, Any]]]
+    # a chat with tools whose reply called them: [{"name", "arguments"}]
+    tool_calls: NotRequired[list[dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class GenerationOptions:
     seed: int | None = None
     # None: no top-k (the server does not take it from clients yet; the engine applies it)
     top_k: int | None = None
+    n: int = 1  # sequences per input (the continuous batch decodes them as rows)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    # OpenAI's {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}
+    response_format: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, parameters: Mapping[str, Any]) -> GenerationOptions:
@@ -147,13 +157,43 @@ def encode_prompt(tokenizer: Any, item: PromptInput, index: int) -> list[int]:
                 f"inputs[{index}]: this model has no chat template; send a plain string prompt",
                 code="chat_template_missing",
             )
-        messages = [dict(m) for m in item["messages"]]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages = [_template_message(m) for m in item["messages"]]
+        tools = rendered_tools(item)
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=True
+        )
         # the template already wrote any bos/eos it wants; adding them again would double them
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise PredictionInputError(f"inputs[{index}]: the prompt encodes to no tokens")
     return list(ids)
+
+
+def _template_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A message as chat templates take it: tool call arguments as a JSON object (OpenAI
+    sends a string; Llama 3's template would write a string as a quoted string)."""
+    out = {k: v for k, v in message.items() if v is not None}
+    if out.get("tool_calls"):
+        calls = []
+        for call in out["tool_calls"]:
+            function = dict(call["function"])
+            try:
+                arguments = json.loads(function["arguments"])
+            except (TypeError, ValueError):
+                arguments = None
+            if isinstance(arguments, dict):
+                function["arguments"] = arguments
+            calls.append({**call, "function": function})
+        out["tool_calls"] = calls
+    return out
+
+
+def rendered_tools(item: PromptInput) -> list[dict[str, Any]] | None:
+    """The tools a chat input shows its model: none when it has none or tool_choice is
+    "none" (the model then answers in text)."""
+    if isinstance(item, str) or not item.get("tools") or item.get("tool_choice") == "none":
+        return None
+    return [dict(t) for t in item["tools"]]
 
 
 def check_context(config: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:

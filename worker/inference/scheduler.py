@@ -33,14 +33,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from worker.inference.constrained import RowConstraint, mask
 from worker.inference.engine import UNLOADED, Admission, EngineLimits, EngineStats
 from worker.inference.errors import ModelLoadError
 from worker.inference.jobs import Job, prepare
+from worker.inference.logprobs import TokenLogprob, public, row_logprobs
 from worker.inference.predictors import Generation, GenerationOptions, eos_ids, finish
 from worker.inference.runner import KVBatch, accepts_logits_to_keep, decode, join, keep, prefill
 from worker.inference.sampling import RowSampling, next_tokens, row_sampling
 from worker.inference.shared import SharedModel
 from worker.inference.streaming import TextWatch
+from worker.inference.tools import ToolFormat
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +73,29 @@ class _Sequence:
     adapter: str | None
     eos: frozenset[int]
     watch: TextWatch | None
+    constraint: RowConstraint | None = None
+    tool_format: ToolFormat | None = None
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     done: bool = False
 
     @property
     def job(self) -> Job:
         return self.request.job
 
-    def add(self, token: int) -> None:
+    def add(self, token: int, logprob: TokenLogprob | None = None) -> None:
         self.tokens.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
+        if self.constraint is not None and not self.constraint.accept(token):
+            # the mask allowed only what the grammar accepts; stop rather than go astray
+            log.error("a constrained row picked token %d its grammar refuses", token)
+            self.done = True
+            return
         if token in self.eos:
             self.done = True
             return
-        if self.watch is not None and self.watch.update(self.tokens):
+        if self.watch is not None and self.watch.update(self.tokens, self.logprobs):
             self.done = True
         if len(self.tokens) >= self.options.max_new_tokens:
             self.done = True
@@ -231,21 +246,37 @@ class DecodeEngine:
         options = job.options
         tokenizer = job.model.tokenizer
         eos = eos_ids(self.shared.model, tokenizer)
-        request = _Request(job, [None] * len(job.rows), len(job.rows))
-        for index, prompt in enumerate(job.rows):
+        assert job.grammars is not None and job.tool_formats is not None
+        count = len(job.rows) * options.n
+        request = _Request(job, [None] * count, count)
+        for index in range(count):
+            # an input's n sequences are consecutive rows, each with its own random stream
+            item = index // options.n
+            fmt = job.tool_formats[item]
             watch = None
             if job.emit is not None or options.stop:
-                watch = TextWatch(tokenizer, eos, options.stop, job.emit)
+                watch = TextWatch(
+                    tokenizer,
+                    eos,
+                    options.stop,
+                    job.emit,
+                    index=index if options.n > 1 else None,
+                    logprobs=options.logprobs,
+                    streamable=fmt.streamable if fmt is not None else None,
+                )
+            grammar = job.grammars[item]
             self._ready.append(
                 _Sequence(
                     request=request,
                     index=index,
-                    prompt=prompt,
+                    prompt=job.rows[item],
                     options=options,
                     sampling=row_sampling(options, index),
                     adapter=job.model.adapter_name,
                     eos=frozenset(eos),
                     watch=watch,
+                    constraint=RowConstraint(grammar) if grammar is not None else None,
+                    tool_format=fmt,
                 )
             )
 
@@ -265,13 +296,13 @@ class DecodeEngine:
                     extra,
                     last_only=self._last_only,
                 )
-            tokens = next_tokens(logits, [s.sampling for s in sequences])
+            picks = _pick(logits, sequences)
         except BaseException as exc:
             self._fail(sequences, exc)
             return
         self._note(len(sequences))
-        for sequence, token in zip(sequences, tokens, strict=True):
-            sequence.add(token)
+        for sequence, (token, logprob) in zip(sequences, picks, strict=True):
+            sequence.add(token, logprob)
         running = self._batches.get(key)
         if running is None:
             self._batches[key] = _Batch(sequences, kv)
@@ -296,15 +327,15 @@ class DecodeEngine:
         try:
             with self.shared.running([s.adapter for s in sequences]) as (module, extra):
                 logits = decode(module, batch.kv, [s.tokens[-1] for s in sequences], extra)
-            tokens = next_tokens(logits, [s.sampling for s in sequences])
+            picks = _pick(logits, sequences)
         except BaseException as exc:
             del self._batches[key]
             self._running -= len(sequences)
             self._fail(sequences, exc)
             return
         self._note(len(sequences))
-        for sequence, token in zip(sequences, tokens, strict=True):
-            sequence.add(token)
+        for sequence, (token, logprob) in zip(sequences, picks, strict=True):
+            sequence.add(token, logprob)
         self._retire(key)
 
     def _retire(self, key: Hashable) -> None:
@@ -327,15 +358,21 @@ class DecodeEngine:
         job = sequence.job
         if job.future.done():
             return
+        tokenizer = job.model.tokenizer
         result = finish(
-            job.model.tokenizer,
-            sequence.tokens,
-            len(sequence.prompt),
-            list(sequence.eos),
-            sequence.options,
+            tokenizer, sequence.tokens, len(sequence.prompt), list(sequence.eos), sequence.options
         )
+        if sequence.options.logprobs:
+            kept = _tokens_in(tokenizer, sequence, result["text"])
+            result["logprobs"] = public(sequence.logprobs[:kept], tokenizer)
+        if sequence.tool_format is not None:
+            content, calls = sequence.tool_format.parse(result["text"])
+            if calls:
+                result["text"] = content
+                result["tool_calls"] = [c.to_dict() for c in calls]
+                result["finish_reason"] = "tool_calls"
         if sequence.watch is not None:
-            sequence.watch.finish(result["text"])
+            sequence.watch.finish(result["text"], result.get("logprobs"))
         request = sequence.request
         request.results[sequence.index] = result
         request.left -= 1
@@ -375,6 +412,39 @@ class DecodeEngine:
         self.admission.leave(len(waiting))
         for job in [*jobs, *waiting]:
             job.fail(error if isinstance(error, Exception) else ModelLoadError(UNLOADED))
+
+
+def _pick(
+    logits: torch.Tensor, sequences: list[_Sequence]
+) -> list[tuple[int, TokenLogprob | None]]:
+    """Each row's next token (under its grammar, if it has one) and, when asked for, its
+    log probabilities under the model's own distribution."""
+    raw = logits.float()
+    allowed = mask(raw, [s.constraint for s in sequences])
+    tokens = next_tokens(allowed, [s.sampling for s in sequences])
+    wanted = [i for i, s in enumerate(sequences) if s.options.logprobs]
+    found: dict[int, TokenLogprob] = {}
+    if wanted:
+        tops = [sequences[i].options.top_logprobs for i in wanted]
+        found = dict(zip(wanted, row_logprobs(raw, wanted, tokens, tops), strict=True))
+    return [(token, found.get(i)) for i, token in enumerate(tokens)]
+
+
+def _tokens_in(tokenizer: Any, sequence: _Sequence, text: str) -> int:
+    """How many of the sequence's scored tokens produced the final text: all, unless a stop
+    string cut it, then those that began before the cut."""
+    scored = len(sequence.logprobs)
+    produced = [t for t in sequence.tokens[:scored] if t not in sequence.eos]
+    if not sequence.options.stop:
+        return len(produced)
+    low, high = 0, len(produced)  # the fewest tokens whose text reaches len(text)
+    while low < high:
+        middle = (low + high) // 2
+        if len(tokenizer.decode(produced[:middle], skip_special_tokens=True)) >= len(text):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def _pad_id(shared: SharedModel, sequence: _Sequence) -> int:

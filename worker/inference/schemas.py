@@ -28,6 +28,9 @@ MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
 # a picture or sound as base64: 16 MiB of text, 12 MiB of file
 MAX_MEDIA_CHARS = 16 * 1024 * 1024
+MAX_N = 16  # sequences per input
+MAX_TOP_LOGPROBS = 20
+MAX_TOOLS = 128
 
 
 class _Strict(BaseModel):
@@ -45,13 +48,52 @@ class ModelSpecBody(_Strict):
         return ModelSpec(self.key, self.task, self.base_model_dir, self.artifact)
 
 
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = Field(max_length=MAX_INPUT_CHARS)  # a JSON object, as OpenAI sends it
+
+
+class ToolCallItem(_Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=MAX_INPUT_CHARS)
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(default="", max_length=MAX_INPUT_CHARS)
+    # an assistant's earlier calls and a tool message's answer to one, as the chat
+    # template renders them
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=256)
+
+
+class FunctionSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(default=None, max_length=MAX_INPUT_CHARS)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatInput(_Strict):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    # functions the chat template shows the model; its tool calls are parsed back
+    tools: list[Tool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     @model_validator(mode="after")
     def _limit_total_chars(self) -> ChatInput:
@@ -60,8 +102,17 @@ class ChatInput(_Strict):
             raise ValueError(
                 f"messages hold {total} characters in all; at most {MAX_INPUT_CHARS} are allowed"
             )
-        if not any(m.content for m in self.messages):
+        if not any(m.content or m.tool_calls for m in self.messages):
             raise ValueError("every message is empty")
+        if self.tool_choice is not None and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = [t.function.name for t in self.tools or []]
+            if self.tool_choice.function.name not in names:
+                raise ValueError(
+                    f"tool_choice names function {self.tool_choice.function.name!r}, which is "
+                    f"not among the tools ({', '.join(names)})"
+                )
         return self
 
 
@@ -97,6 +148,24 @@ InputItem = Annotated[
 INPUT_TAGS = frozenset({"text", "chat", "image", "audio"})
 
 
+class JsonSchemaFormat(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema is given exactly when type is "json_schema"')
+        return self
+
+
 class Parameters(_Strict):
     max_new_tokens: int | None = Field(default=None, ge=1, le=2048, strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -104,6 +173,16 @@ class Parameters(_Strict):
     top_k: int | None = Field(default=None, ge=1, strict=True)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, strict=True)
+    n: int | None = Field(default=None, ge=1, le=MAX_N, strict=True)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, strict=True)
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> Parameters:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return self
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -166,7 +245,7 @@ class PredictRequest(_Strict):
     pin: bool | None = None
 
     def plain_inputs(self) -> list[str | dict[str, Any]]:
-        return [x if isinstance(x, str) else x.model_dump() for x in self.inputs]
+        return [x if isinstance(x, str) else x.model_dump(exclude_none=True) for x in self.inputs]
 
 
 class PredictResponse(BaseModel):

@@ -98,7 +98,7 @@ def _add_routes(app: FastAPI, service: InferenceService) -> None:
     @app.post("/internal/predict", response_model=None)
     async def predict(body: PredictRequest) -> PredictResponse | StreamingResponse:
         spec = body.model.to_spec()
-        parameters = body.parameters.model_dump(exclude_none=True)
+        parameters = body.parameters.model_dump(exclude_none=True, by_alias=True)
         if body.stream:
             if len(body.inputs) != 1:
                 raise PredictionInputError(

@@ -49,7 +49,19 @@ from worker.inference.shared import SharedModel
 log = logging.getLogger(__name__)
 
 CLASSIFICATION_PARAMETERS = frozenset({"top_k"})
-GENERATION_PARAMETERS = frozenset({"max_new_tokens", "temperature", "top_p", "stop", "seed"})
+GENERATION_PARAMETERS = frozenset(
+    {
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+    }
+)
 DEFAULTS = EngineLimits()
 
 
@@ -274,10 +286,11 @@ class InferenceService:
     ) -> threading.Event:
         """Start streaming one generation; problems found before it starts are raised.
 
-        Afterwards `emit` gets each text delta (str), then either the closing
-        `{"finish_reason", "prompt_tokens", "completion_tokens"}` or the exception that
-        ended it, then None. Setting the returned event stops the generation early. Raises
-        Overloaded, PredictionInputError and ModelLoadError before anything is emitted.
+        Afterwards `emit` gets each text delta (`{"text"}`, with `index` when n > 1 and
+        `logprobs` when asked for), then either the closing event (`closing_event`) or the
+        exception that ended it, then None. Setting the returned event stops the generation
+        early. Raises Overloaded, PredictionInputError and ModelLoadError before anything is
+        emitted.
         """
         _check_stream(spec, item, parameters)
         return self._start_stream(spec, self.acquire(spec, pin), item, parameters, emit)
@@ -327,13 +340,31 @@ class InferenceService:
             if error is not None:
                 emit(error)
             else:
-                (result,) = settled.result()
-                emit({k: v for k, v in result.items() if k != "text"})
+                emit(closing_event(settled.result()))
                 self.cache.mark_served(spec.key)
             emit(None)
 
         future.add_done_callback(done)
         return job.cancel
+
+
+def closing_event(results: Sequence[Generation]) -> dict[str, Any]:
+    """The last event of a stream: `{"finish_reason", "prompt_tokens", "completion_tokens"}`
+    (and `tool_calls` when the reply called tools) of its one sequence; with n > 1 also
+    `choices`, each sequence's own, and completion_tokens summed over them. The text and
+    logprobs went out in the deltas."""
+    choices = [
+        {k: v for k, v in result.items() if k not in ("text", "logprobs", "prompt_tokens")}
+        for result in results
+    ]
+    event: dict[str, Any] = {
+        **choices[0],
+        "prompt_tokens": results[0]["prompt_tokens"],
+        "completion_tokens": sum(r["completion_tokens"] for r in results),
+    }
+    if len(results) > 1:
+        event["choices"] = [{"index": i, **c} for i, c in enumerate(choices)]
+    return event
 
 
 def _check_stream(spec: ModelSpec, item: PromptInput, parameters: Mapping[str, Any]) -> None:

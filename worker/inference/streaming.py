@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from worker.inference.logprobs import TokenLogprob, public
 from worker.inference.predictors import cut_at_stop, produced_tokens
 
 REPLACEMENT = "\ufffd"  # what decoding shows for the first bytes of a multi-byte character
@@ -34,37 +35,66 @@ def safe_prefix(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 class TextWatch:
     """Decodes a sequence's tokens as they come: tells when a stop string appeared and, for
-    a stream, emits the text that became certain."""
+    a stream, emits the text that became certain as `{"text": delta}` events, with the
+    sequence's `index` when a request has several and the `logprobs` of the tokens the
+    delta covers when they are asked for. `streamable(text)` (a chat with tools) says how
+    much of the text may go out as content: never a tool call being written."""
 
     def __init__(
         self,
         tokenizer: Any,
         eos: Sequence[int],
         stops: Sequence[str],
-        emit: Callable[[str], None] | None,
+        emit: Callable[[dict[str, Any]], None] | None,
+        *,
+        index: int | None = None,
+        logprobs: bool = False,
+        streamable: Callable[[str], int] | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.eos = list(eos)
         self.stops = list(stops)
         self.emit = emit
+        self.index = index
+        self.logprobs = logprobs
+        self.streamable = streamable
         self.sent = ""
+        self.scored_sent = 0  # logprobs items already sent
 
-    def update(self, tokens: Sequence[int]) -> bool:
+    def update(self, tokens: Sequence[int], scored: Sequence[TokenLogprob] = ()) -> bool:
         """Look at all tokens generated so far; True when a stop string ended the text."""
         produced, _ = produced_tokens(tokens, self.eos, self.tokenizer.pad_token_id)
         text = self.tokenizer.decode(produced, skip_special_tokens=True)
         safe, stopped = safe_prefix(text, self.stops)
-        self._send(safe)
+        if self.emit is not None:
+            if self.streamable is not None:
+                safe = safe[: self.streamable(safe)]
+            covered = scored[self.scored_sent : len(produced)] if self.logprobs else ()
+            self._send(safe, lambda: public(covered, self.tokenizer))
         return stopped
 
-    def finish(self, final_text: str) -> None:
-        """Send what the final text holds beyond the deltas already sent."""
-        self._send(final_text)
+    def finish(self, final_text: str, logprobs: Sequence[dict[str, Any]] | None = None) -> None:
+        """Send what the final text (and its logprobs) hold beyond what was already sent."""
+        rest = list(logprobs[self.scored_sent :]) if logprobs else []
+        self._send(final_text, lambda: rest, final=True)
 
-    def _send(self, text: str) -> None:
+    def _send(
+        self, text: str, items: Callable[[], list[dict[str, Any]]], final: bool = False
+    ) -> None:
         if self.emit is None:
             return
-        if len(text) > len(self.sent) and text.startswith(self.sent):
-            delta = text[len(self.sent) :]
+        grew = len(text) > len(self.sent) and text.startswith(self.sent)
+        if not grew and not (final and self.logprobs):
+            return
+        event: dict[str, Any] = {"text": text[len(self.sent) :] if grew else ""}
+        if grew:
             self.sent = text
-            self.emit(delta)
+        if self.index is not None:
+            event["index"] = self.index
+        if self.logprobs:
+            sent = items()
+            if not sent and not grew:
+                return
+            event["logprobs"] = sent
+            self.scored_sent += len(sent)
+        self.emit(event)
