@@ -17,6 +17,8 @@ from typing import Any, Protocol
 Row = dict[str, Any]
 # The training method every task has; a method such as DPO adds its own key to `formats`.
 SUPERVISED = "supervised"
+# Preference tuning (Direct Preference Optimization), on the `preference` row format.
+DPO = "dpo"
 
 
 def _same(row: Row) -> Row:

@@ -6,12 +6,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from task_plugins.base import SUPERVISED, ExportInfo, MetricSpec, PredictorHook, TaskPlugin
+from task_plugins.base import DPO, SUPERVISED, ExportInfo, MetricSpec, PredictorHook, TaskPlugin
 from task_plugins.causal_lm.formats import (
     CHAT,
     CHAT_ROWS,
     PROMPT_COMPLETION,
     PROMPT_COMPLETION_ROWS,
+)
+from task_plugins.causal_lm.preference import (
+    OPENAI_PREFERENCE_ROWS,
+    PREFERENCE,
+    TRL_PREFERENCE_ROWS,
 )
 
 # config.json model_type values of decoders (they generate text).
@@ -37,9 +42,9 @@ def _derive(fields: dict[str, Any]) -> dict[str, Any]:
 
 TASK = TaskPlugin(
     name="causal-lm",
-    formats={SUPERVISED: (PROMPT_COMPLETION, CHAT)},
+    formats={SUPERVISED: (PROMPT_COMPLETION, CHAT), DPO: (PREFERENCE,)},
     format_hint='rows {"prompt": ..., "completion": ...} or {"messages": [...]}',
-    row_formats=(PROMPT_COMPLETION_ROWS, CHAT_ROWS),
+    row_formats=(PROMPT_COMPLETION_ROWS, CHAT_ROWS, OPENAI_PREFERENCE_ROWS, TRL_PREFERENCE_ROWS),
     model_types=DECODER_TYPES,
     architecture_suffixes=("ForCausalLM", "LMHeadModel"),
     metrics=MetricSpec(
