@@ -67,7 +67,7 @@ def row_formats() -> tuple[RowFormat, ...]:
 
 def metric_names() -> tuple[str, ...]:
     """Every metric some task can pick its best checkpoint by, each once."""
-    return tuple(dict.fromkeys(name for task in TASKS for name in task.metrics.selectable))
+    return tuple(dict.fromkeys(name for task in TASKS for name in task.metrics.names))
 
 
 def task_of_config(config: Mapping[str, object]) -> str | None:

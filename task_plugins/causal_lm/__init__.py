@@ -34,8 +34,14 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 700 else math.inf
 
 
+# What a DPO evaluation reports beside eval_loss (worker/training/dpo.py): the implicit
+# rewards, beta times the policy's log-probability gain over the reference model's.
+DPO_METRICS = ("reward_accuracy", "reward_margin", "reward_chosen", "reward_rejected")
+
+
 def _derive(fields: dict[str, Any]) -> dict[str, Any]:
-    if fields.get("eval_loss") is None:
+    # a DPO loss is no next-token loss: no perplexity from it
+    if fields.get("eval_loss") is None or "reward_margin" in fields:
         return {}
     return {"perplexity": perplexity(float(fields["eval_loss"]))}
 
@@ -58,11 +64,16 @@ TASK = TaskPlugin(
                 "valid_mean_token_accuracy",
                 "full_valid_mean_token_accuracy",
             ),
+            "reward_accuracy": ("reward_accuracy",),
+            "reward_margin": ("reward_margin",),
         },
         derive=_derive,
+        method_selectable={DPO: ("eval_loss", "reward_accuracy", "reward_margin")},
     ),
     default_batch_size=8,
     base_learning_rates={"lora": 2e-4, "full": 2e-5, "freeze": 1e-4},
+    # TRL's DPO examples: 5e-6 on a LoRA adapter's scale, 5e-7 for the whole model
+    method_learning_rates={DPO: {"lora": 5e-5, "full": 5e-7, "freeze": 5e-6}},
     # the loss on prompts / system and user turns too, not only on completions
     hyperparameters={"train_on_inputs": False},
     trainer="task_plugins.causal_lm.training:TRAINER",
