@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from task_plugins.audio_classification import TASK as AUDIO_CLASSIFICATION
-from task_plugins.base import SUPERVISED, RowFormat, TaskPlugin, load_hook
+from task_plugins.base import DPO, SUPERVISED, RowFormat, TaskPlugin, load_hook
 from task_plugins.causal_lm import TASK as CAUSAL_LM
 from task_plugins.image_classification import TASK as IMAGE_CLASSIFICATION
 from task_plugins.text_classification import TASK as TEXT_CLASSIFICATION
 
 __all__ = [
+    "DPO",
     "SUPERVISED",
     "TASKS",
     "RowFormat",
@@ -62,17 +63,18 @@ def get(name: str) -> TaskPlugin:
 
 
 def row_formats() -> tuple[RowFormat, ...]:
-    """Every task's row formats, each name once, in TASKS order."""
-    seen: dict[str, RowFormat] = {}
+    """Every task's row formats, each once, in TASKS order. One format may have several
+    layouts (preference: OpenAI's keys and TRL's), each a RowFormat of the same name."""
+    seen: dict[tuple[str, tuple[str, ...]], RowFormat] = {}
     for task in TASKS:
         for row_format in task.row_formats:
-            seen.setdefault(row_format.name, row_format)
+            seen.setdefault((row_format.name, row_format.columns), row_format)
     return tuple(seen.values())
 
 
 def metric_names() -> tuple[str, ...]:
     """Every metric some task can pick its best checkpoint by, each once."""
-    return tuple(dict.fromkeys(name for task in TASKS for name in task.metrics.selectable))
+    return tuple(dict.fromkeys(name for task in TASKS for name in task.metrics.names))
 
 
 def task_of_config(config: Mapping[str, object]) -> str | None:

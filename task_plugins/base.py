@@ -17,6 +17,8 @@ from typing import Any, Protocol
 Row = dict[str, Any]
 # The training method every task has; a method such as DPO adds its own key to `formats`.
 SUPERVISED = "supervised"
+# Preference tuning (Direct Preference Optimization), on the `preference` row format.
+DPO = "dpo"
 
 
 def _same(row: Row) -> Row:
@@ -92,6 +94,18 @@ class MetricSpec:
     checkpoint: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # figures computed from the others once an evaluation is in (perplexity from eval_loss)
     derive: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda fields: {})
+    # what a method other than supervised reports instead of `selectable` (DPO: its rewards)
+    method_selectable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def selectable_for(self, method: str = SUPERVISED) -> tuple[str, ...]:
+        """The figures a job of this method may pick its best checkpoint by."""
+        return tuple(self.method_selectable.get(method, self.selectable))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every figure some method of the task may pick by, each once."""
+        every = (*self.selectable, *(n for m in self.method_selectable.values() for n in m))
+        return tuple(dict.fromkeys(every))
 
     def is_better(self, metric: str, value: float, than: float, min_delta: float = 0.0) -> bool:
         if metric in self.lower_is_better:
@@ -164,6 +178,8 @@ class TaskPlugin:
     predictor: PredictorHook
     export: ExportInfo
     file_kinds: tuple[FileKind, ...] = ()
+    # per method other than supervised, per training type (DPO steps more gently)
+    method_learning_rates: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -172,8 +188,9 @@ class TaskPlugin:
     def formats_for(self, method: str = SUPERVISED) -> tuple[str, ...]:
         return tuple(self.formats.get(method, ()))
 
-    def base_learning_rate(self, training_type: str) -> float:
-        return self.base_learning_rates["lora" if training_type == "qlora" else training_type]
+    def base_learning_rate(self, training_type: str, method: str = SUPERVISED) -> float:
+        rates = self.method_learning_rates.get(method, self.base_learning_rates)
+        return rates["lora" if training_type == "qlora" else training_type]
 
 
 def load_hook(path: str) -> Any:

@@ -59,13 +59,17 @@ def auto_n_epochs(n_train: int) -> int:
 
 
 def resolve_hyperparameters(
-    asked: Hyperparameters, task: str, training_type: str, n_train: int
+    asked: Hyperparameters,
+    task: str,
+    training_type: str,
+    n_train: int,
+    method: str = task_plugins.SUPERVISED,
 ) -> dict[str, Any]:
     """Every hyperparameter with its value for this job ("auto" and defaults resolved),
     validated as the trainer will read it."""
     plugin = task_plugins.get(task)
     multiplier = 1.0 if asked.learning_rate_multiplier == "auto" else asked.learning_rate_multiplier
-    base_lr = plugin.base_learning_rate(training_type)
+    base_lr = plugin.base_learning_rate(training_type, method)
     learning_rate = asked.learning_rate if asked.learning_rate is not None else base_lr * multiplier
     if learning_rate <= 0:
         # a multiplier so small that the product underflows: nothing would train
@@ -107,7 +111,7 @@ def resolve_hyperparameters(
         if value is not None and value != TrainerHyperparameters.model_fields[name].default:
             resolved[name] = value
     checked = JobHyperparameters.model_validate(resolved)
-    for problem in task_problems(task, checked):
+    for problem in task_problems(task, checked, method):
         param = "hyperparameters." + ".".join(problem.path)
         raise APIError(400, f"{param} {problem.message}", param=param)
     # exactly what the trainer parses: the values as validated, the keys as resolved

@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field, model_validator
 from app.jobs.spec import (
     AccumulationSteps,
     BatchSize,
+    Beta,
+    DpoLossType,
     EarlyStopping,
     LearningRate,
     LearningRateMultiplier,
@@ -19,6 +21,7 @@ from app.jobs.spec import (
     NEpochs,
     ResultReason,
     Seed,
+    SftWeight,
     Steps,
     Strict,
     TrainingType,
@@ -70,9 +73,38 @@ class Supervised(Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters (beta beside the supervised ones), and Tunery's loss
+    variants (docs/training.md, "Preference tuning (DPO)")."""
+
+    beta: Beta | Auto = "auto"
+    loss_type: DpoLossType | None = None
+    sft_weight: SftWeight | None = None
+
+
+class Dpo(Strict):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class Method(Strict):
-    type: Literal["supervised"] = "supervised"
-    supervised: Supervised = Field(default_factory=Supervised)
+    type: Literal["supervised", "dpo"] = "supervised"
+    supervised: Supervised | None = None
+    dpo: Dpo | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> Method:
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise ValueError(
+                f"method.type is {self.type!r}, so give its settings as method.{self.type}, "
+                f"not method.{other}"
+            )
+        return self
+
+    def hyperparameters(self) -> Hyperparameters:
+        if self.type == "dpo":
+            return (self.dpo or Dpo()).hyperparameters
+        return (self.supervised or Supervised()).hyperparameters
 
 
 class JobCreate(Strict):
@@ -98,12 +130,14 @@ class JobCreate(Strict):
         if self.metadata is not None and len(self.metadata) > 16:
             raise ValueError("metadata holds at most 16 keys")
         if self.method is not None and self.hyperparameters is not None:
-            raise ValueError("give hyperparameters inside method.supervised, not both places")
+            raise ValueError(
+                f"give hyperparameters inside method.{self.method.type}, not both places"
+            )
         return self
 
     def requested_hyperparameters(self) -> Hyperparameters:
         if self.method is not None:
-            return self.method.supervised.hyperparameters
+            return self.method.hyperparameters()
         return self.hyperparameters or Hyperparameters()
 
 

@@ -21,6 +21,7 @@ from app.files.formats import inspect_file
 from app.ids import new_id
 from app.jobs import repository, state
 from app.jobs.hyperparameters import DEFAULT_VALIDATION_SPLIT, resolve_hyperparameters
+from app.jobs.methods import check_method, method_of, method_settings, stored_method
 from app.jobs.schemas import JobCreate
 from app.jobs.spec import (
     ADAPTER_TYPES,
@@ -54,7 +55,12 @@ def _base_model(models_dir: Path, model_id: str) -> BaseModel:
 
 
 def _checked_file(
-    session: Session, file_id: str, param: str, task: str, project_id: str
+    session: Session,
+    file_id: str,
+    param: str,
+    task: str,
+    project_id: str,
+    method: str = task_plugins.SUPERVISED,
 ) -> FileRow:
     row = files_repo.get(session, file_id, project_id)
     if row is None:
@@ -73,15 +79,59 @@ def _checked_file(
             code="invalid_file",
         )
     plugin = task_plugins.get(task)
-    if row.format not in plugin.formats_for(task_plugins.SUPERVISED):
+    if row.format not in plugin.formats_for(method):
         raise APIError(
             400,
-            f"{param} '{file_id}' is in {row.format} format, but this model does {task}, which "
-            f"needs {plugin.format_hint}.",
+            f"{param} '{file_id}' is in {row.format} format, but a {method} job on this model "
+            f"({task}) needs {_format_hint(task, method)}.",
             param=param,
             code="invalid_file_format",
         )
     return row
+
+
+def _format_hint(task: str, method: str) -> str:
+    plugin = task_plugins.get(task)
+    if method == task_plugins.SUPERVISED:
+        return plugin.format_hint
+    formats = " or ".join(plugin.formats_for(method))
+    if method == task_plugins.DPO:
+        return (
+            f'{formats} rows ({{"input": {{"messages": [...]}}, "preferred_output": [...], '
+            f'"non_preferred_output": [...]}} or {{"prompt", "chosen", "rejected"}})'
+        )
+    return f"{formats} rows"
+
+
+def _fine_tuned_start(session: Session, request: JobCreate, project_id: str) -> JobCreate:
+    """A request whose model is a fine-tuned model ("ft:...", as OpenAI allows): the same
+    request on that job's base model, from the checkpoint the fine-tuned model was exported
+    from (its best one, or the named checkpoint)."""
+    if not request.model.startswith("ft:"):
+        return request
+    if request.from_checkpoint is not None:
+        raise APIError(
+            400,
+            f"model is the fine-tuned model {request.model} and from_checkpoint is "
+            f"{request.from_checkpoint}: give one of them (model set to the base model with "
+            "from_checkpoint, or model alone).",
+            param="from_checkpoint",
+        )
+    checkpoint = repository.checkpoint_by_model_name(session, request.model)
+    if checkpoint is None:
+        job = repository.get(session, request.model.rsplit(":", 1)[-1], project_id)
+        if job is not None and job.fine_tuned_model == request.model and job.best_step is not None:
+            checkpoint = repository.checkpoint_at(session, job.id, job.best_step)
+    source = repository.get(session, checkpoint.job_id, project_id) if checkpoint else None
+    if checkpoint is None or source is None:
+        raise APIError(
+            400,
+            f"model '{request.model}' is no fine-tuned model of this project (or its "
+            "checkpoints were deleted); list them with GET /v1/models, or name a base model.",
+            param="model",
+            code="model_not_found",
+        )
+    return request.model_copy(update={"model": source.model, "from_checkpoint": checkpoint.id})
 
 
 def _layer_count(model: BaseModel) -> int | None:
@@ -182,10 +232,17 @@ def create_job(
     project_id: str,
     max_unfinished: int | None = None,
 ) -> JobRow:
+    request = _fine_tuned_start(session, request, project_id)
     base = _base_model(models_dir, request.model)
-    train = _checked_file(session, request.training_file, "training_file", base.task, project_id)
+    method = method_of(request)
+    check_method(method, base.task, base.id)
+    train = _checked_file(
+        session, request.training_file, "training_file", base.task, project_id, method
+    )
     if request.validation_file is not None:
-        _checked_file(session, request.validation_file, "validation_file", base.task, project_id)
+        _checked_file(
+            session, request.validation_file, "validation_file", base.task, project_id, method
+        )
 
     source: JobCheckpointRow | None = None
     if request.from_checkpoint is not None:
@@ -211,7 +268,7 @@ def create_job(
         # the rows validation_split holds out do not train
         n_rows = round(n_rows * (1 - (asked.validation_split or DEFAULT_VALIDATION_SPLIT)))
     hyperparameters = resolve_hyperparameters(
-        asked, base.task, str(training_type_fields["type"]), n_rows
+        asked, base.task, str(training_type_fields["type"]), n_rows, method
     )
     seed = request.seed if request.seed is not None else random.randint(0, 2**31 - 1)
     # last, so a request that is wrong anyway says what is wrong with it first
@@ -226,7 +283,7 @@ def create_job(
         training_file=request.training_file,
         validation_file=request.validation_file,
         hyperparameters=hyperparameters,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+        method=stored_method(method, hyperparameters, method_settings(request)),
         training_type=training_type_fields,
         from_checkpoint=source.id if source is not None else None,
         seed=seed,
@@ -353,7 +410,12 @@ def job_files(session: Session, row: JobRow) -> list[JobFile]:
     return files
 
 
-def check_files_again(store: ArtifactStore, task: str, files: list[JobFile]) -> None:
+def check_files_again(
+    store: ArtifactStore,
+    task: str,
+    files: list[JobFile],
+    method: str = task_plugins.SUPERVISED,
+) -> None:
     """The job's files, validated again as the job starts (no session held: the store may be
     remote); raises the Failure to fail the job with.
 
@@ -379,10 +441,11 @@ def check_files_again(store: ArtifactStore, task: str, files: list[JobFile]) -> 
                 "the file, upload it again and create a new job.",
                 file.param,
             )
-        if report.format not in plugin.formats_for(task_plugins.SUPERVISED):
+        if report.format not in plugin.formats_for(method):
             raise Failure(
                 "invalid_file_format",
-                f"{what} is in {report.format} format; a {task} job needs {plugin.format_hint}.",
+                f"{what} is in {report.format} format; a {method} {task} job needs "
+                f"{_format_hint(task, method)}.",
                 file.param,
             )
 

@@ -219,10 +219,42 @@ def training_type_of(raw: dict[str, Any]) -> LoraType | QLoraType | FullType | F
 
 
 class SupervisedMethod(Strict):
-    """The training method. A method with settings of its own (DPO: beta, loss_type) becomes
-    another member of a discriminated union on `type`, its settings beside `type`."""
+    """The training method: a discriminated union on `type`, each method's settings beside
+    `type` (DpoMethod's beta, loss_type, sft_weight)."""
 
     type: Literal["supervised"] = "supervised"
+
+
+# DPO's settings. beta: how far the policy may move from the reference (OpenAI's range).
+Beta = Annotated[float, Field(gt=0, le=2)]
+# sigmoid: DPO's loss (Rafailov et al.); ipo: IPO's squared loss on length-averaged log-probs
+DpoLossType = Literal["sigmoid", "ipo"]
+# the weight of a supervised loss on the preferred answers, added to the preference loss
+# (RPO, TRL's loss_type ["sigmoid", "sft"] with loss_weights)
+SftWeight = Annotated[float, Field(ge=0, le=100)]
+
+
+class DpoMethod(Strict):
+    """Direct Preference Optimization on `preference` rows (worker/training/dpo.py)."""
+
+    type: Literal["dpo"]
+    beta: Beta = 0.1
+    loss_type: DpoLossType = "sigmoid"
+    sft_weight: SftWeight = 0.0
+
+
+Method = Annotated[SupervisedMethod | DpoMethod, Field(discriminator="type")]
+DPO_SETTINGS = ("beta", "loss_type", "sft_weight")
+
+
+def trainer_method(stored: dict[str, Any]) -> dict[str, Any]:
+    """A job's method as stored on its row (OpenAI's shape, the settings among the
+    hyperparameters) as the trainer's spec carries it."""
+    kind = stored.get("type", "supervised")
+    if kind != "dpo":
+        return {"type": kind}
+    hyperparameters = stored.get("dpo", {}).get("hyperparameters", {})
+    return {"type": kind, **{k: hyperparameters[k] for k in DPO_SETTINGS if k in hyperparameters}}
 
 
 class DataFile(BaseModel):
@@ -246,7 +278,7 @@ class TrainSpec(BaseModel):
 
     job_id: StrictStr = ""
     task: StrictStr
-    method: SupervisedMethod = Field(default_factory=SupervisedMethod)
+    method: Method = Field(default_factory=SupervisedMethod)
     base_model_dir: Path
     train_file: DataFile
     validation_file: DataFile | None = None
@@ -281,10 +313,13 @@ class Problem(BaseModel):
     message: str
 
 
-def task_problems(task: str, hyperparameters: Hyperparameters) -> list[Problem]:
-    """What the job's task refuses among otherwise valid hyperparameters (first first)."""
+def task_problems(
+    task: str, hyperparameters: Hyperparameters, method: str = "supervised"
+) -> list[Problem]:
+    """What the job's task (and method) refuses among otherwise valid hyperparameters."""
     plugin = task_plugins.get(task)
-    allowed = plugin.metrics.selectable
+    allowed = plugin.metrics.selectable_for(method)
+    what = task if method == "supervised" else f"{task} {method}"
     problems: list[Problem] = []
     early = hyperparameters.early_stopping
     for path, metric in (
@@ -295,7 +330,7 @@ def task_problems(task: str, hyperparameters: Hyperparameters) -> list[Problem]:
             problems.append(
                 Problem(
                     path=path,
-                    message=f"'{metric}' is not a {task} metric; use one of {', '.join(allowed)}.",
+                    message=f"'{metric}' is not a {what} metric; use one of {', '.join(allowed)}.",
                 )
             )
     for name in _task_only_hyperparameters():
@@ -333,7 +368,7 @@ def parse_spec(raw: dict[str, Any] | TrainSpec) -> TrainSpec:
             spec = TrainSpec.model_validate(raw)
         except ValidationError as exc:
             raise _invalid(exc) from exc
-    for problem in task_problems(spec.task, spec.hyperparameters):
+    for problem in task_problems(spec.task, spec.hyperparameters, spec.method.type):
         raise Failure("invalid_spec", f"{problem.path[0]} {problem.message}", problem.path[0])
     return spec
 

@@ -20,12 +20,14 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from app.failures import Failure
 from app.jobs.spec import TrainSpec
-from task_plugins.base import Row
+from task_plugins.base import DPO, Row
 from task_plugins.causal_lm import TASK
 from task_plugins.causal_lm.chat_render import check_tool_template, render_chat
 from task_plugins.causal_lm.formats import CHAT
 from task_plugins.causal_lm.metrics import argmax_logits, causal_lm_metrics
+from task_plugins.causal_lm.preference import PREFERENCE
 from task_plugins.text_classification import ENCODER_TYPES
+from worker.training.dpo import PreferenceCollator
 from worker.training.features import Encoded, PadCollator
 from worker.training.metrics import IGNORE_INDEX
 from worker.training.packing import packing_collator, packing_supported
@@ -79,6 +81,10 @@ class CausalLmTrainer(TaskTrainer):
     def encode(
         self, spec: TrainSpec, rows: list[Row], processor: Any, labels: list[str], max_length: int
     ) -> Encoded:
+        if spec.method.type == DPO:
+            from task_plugins.causal_lm.preference_training import encode_preference
+
+            return encode_preference(rows, processor, max_length)
         check_tool_template(processor, rows, spec.base_model_dir.name)
         return encode_causal(rows, processor, max_length, spec.hyperparameters.train_on_inputs)
 
@@ -99,6 +105,8 @@ class CausalLmTrainer(TaskTrainer):
         cuda: bool,
         note: Note,
     ) -> Callable[[list[dict[str, Any]]], Any]:
+        if spec.method.type == DPO:
+            return PreferenceCollator(int(processor.pad_token_id))
         if _use_packing(spec, model, train_set, cuda, note):
             return packing_collator()
         return PadCollator(int(processor.pad_token_id))
@@ -133,7 +141,7 @@ def prepare_chat_template(
     tokenizer: PreTrainedTokenizerBase, formats: set[str], note: Note
 ) -> None:
     """A chat template for chat data, when the tokenizer has none."""
-    if CHAT in formats and not getattr(tokenizer, "chat_template", None):
+    if formats & {CHAT, PREFERENCE} and not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         note(
             "info",

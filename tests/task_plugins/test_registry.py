@@ -102,8 +102,10 @@ def test_every_format_a_task_trains_on_is_defined() -> None:
     defined = {row_format.name for row_format in task_plugins.row_formats()}
     defined |= {kind.name for task in task_plugins.TASKS for kind in task.file_kinds}
     for task in task_plugins.TASKS:
-        assert task.methods == (task_plugins.SUPERVISED,)
-        assert set(task.formats_for()) <= defined, task.name
+        assert task.methods[0] == task_plugins.SUPERVISED
+        assert set(task.methods) <= {task_plugins.SUPERVISED, task_plugins.DPO}
+        for method in task.methods:
+            assert set(task.formats_for(method)) <= defined, (task.name, method)
         assert set(task.metrics.selectable) >= {"eval_loss"}
         assert set(task.metrics.lower_is_better) <= set(task.metrics.selectable)
 

@@ -18,7 +18,7 @@ from app.failures import Failure
 from app.jobs import outcomes
 from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs_service
-from app.jobs.spec import TrainSpec, parse_spec, trainer_hyperparameters
+from app.jobs.spec import TrainSpec, parse_spec, trainer_hyperparameters, trainer_method
 from app.models.registry import resolve_base_model
 from app.settings import Settings
 from app.storage import ArtifactStore
@@ -73,7 +73,9 @@ def prepare(
         row = lease.owned(session)
         files = jobs_service.job_files(session, row) if row.status == "validating_files" else None
     if files is not None:
-        jobs_service.check_files_again(store, row.task, files)
+        jobs_service.check_files_again(
+            store, row.task, files, trainer_method(row.method or {})["type"]
+        )
         with make_session() as session:
             outcomes.files_validated(session, lease.owned(session))
             session.commit()
@@ -91,6 +93,7 @@ def prepare(
         "events_path": str(work / "events.jsonl"),
         "seed": row.seed,
         "hyperparameters": trainer_hyperparameters(row.hyperparameters),
+        "method": trainer_method(row.method or {}),
         "training_type": dict(row.training_type),
         "processes": processes,
         "validation_file": None,

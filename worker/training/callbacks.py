@@ -100,13 +100,17 @@ class EventCallback(TrainerCallback):
         tokens_per_second = (tokens - self._last_tokens) / elapsed if elapsed > 0 else None
         self._last_time, self._last_tokens = now, tokens
         self.events.emit(
-            Log(
-                step=state.global_step,
-                epoch=state.epoch,
-                train_loss=logs["loss"],
-                learning_rate=logs.get("learning_rate"),
-                grad_norm=logs.get("grad_norm"),
-                tokens_per_second=tokens_per_second,
+            Log.model_validate(
+                {
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    "train_loss": logs["loss"],
+                    "learning_rate": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"),
+                    "tokens_per_second": tokens_per_second,
+                    # a method's own figures (DPO's rewards)
+                    **{k: v for k, v in logs.items() if k.startswith("reward_")},
+                }
             )
         )
 

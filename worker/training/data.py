@@ -29,10 +29,11 @@ class Splits:
 def load_splits(spec: TrainSpec) -> Splits:
     """Read the training (and validation) file; carve a validation split when none is given."""
     trainer = trainer_for(spec.task)
-    train_format, train_rows = _read(spec.train_file, spec.task, "training_file")
+    method = spec.method.type
+    train_format, train_rows = _read(spec.train_file, spec.task, "training_file", method)
     hp = spec.hyperparameters
     if spec.validation_file is not None:
-        val_format, validation = _read(spec.validation_file, spec.task, "validation_file")
+        val_format, validation = _read(spec.validation_file, spec.task, "validation_file", method)
         formats = {train_format, val_format}
         train = train_rows
         _check_few_rows(len(train), "the training file")
@@ -53,7 +54,7 @@ def load_splits(spec: TrainSpec) -> Splits:
     return Splits(train, validation, formats, labels)
 
 
-def _read(data_file: DataFile, task: str, param: str) -> tuple[str, list[Row]]:
+def _read(data_file: DataFile, task: str, param: str, method: str) -> tuple[str, list[Row]]:
     code = f"invalid_{param}"
     try:
         fmt, rows = read_examples(data_file.path, data_file.filename)
@@ -61,11 +62,11 @@ def _read(data_file: DataFile, task: str, param: str) -> tuple[str, list[Row]]:
         raise Failure(code, f"{data_file.filename}: {exc}", param) from exc
     except OSError as exc:
         raise Failure(code, f"cannot read {data_file.filename}: {exc}", param) from exc
-    allowed = task_plugins.get(task).formats_for(task_plugins.SUPERVISED)
+    allowed = task_plugins.get(task).formats_for(method)
     if fmt not in allowed:
         raise Failure(
             code,
-            f"{data_file.filename} is in the {fmt} format; a {task} job needs "
+            f"{data_file.filename} is in the {fmt} format; a {method} {task} job needs "
             f"{' or '.join(sorted(allowed))} rows",
             param,
         )

@@ -52,7 +52,10 @@ class Progress(_Event):
 
 
 class Log(_Event):
-    """The training loss every logging_steps steps and at every checkpoint."""
+    """The training loss every logging_steps steps and at every checkpoint; a method's own
+    figures (DPO's reward_*) as further fields."""
+
+    model_config = ConfigDict(extra="allow")
 
     type: Literal["log"] = "log"
     step: int

@@ -24,10 +24,17 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
 from app.failures import Failure
-from app.jobs.spec import NOISY_VALIDATION_ROWS, Hyperparameters, TrainSpec, parse_spec
+from app.jobs.spec import (
+    NOISY_VALIDATION_ROWS,
+    DpoMethod,
+    Hyperparameters,
+    TrainSpec,
+    parse_spec,
+)
 from worker.training.callbacks import EventCallback, EventLog, GuardedTrainer, NonFiniteLoss
 from worker.training.checkpoints import CheckpointHandoff, best_checkpoint_dir
 from worker.training.data import Splits, load_splits
+from worker.training.dpo import DpoTrainer, add_reference_logps
 from worker.training.events import Failed, Paused, Succeeded
 from worker.training.export import export_model
 from worker.training.features import Encoded, ListDataset
@@ -38,7 +45,7 @@ from worker.training.layout import (
     checkpoint_dirname,
     checkpoint_steps,
 )
-from worker.training.plugin import TaskTrainer, trainer_for
+from worker.training.plugin import ComputeMetrics, PreprocessLogits, TaskTrainer, trainer_for
 from worker.training.recipes import (
     apply_recipe,
     count_parameters,
@@ -163,12 +170,24 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     resume_from = _checkpoint_to_resume(spec, events, ranks)
     args = training_arguments(spec, len(train_set.features), ranks)
     collator = task.collator(spec, model, processor, train_set, cuda, events.message)
+    compute_metrics: ComputeMetrics | None
+    preprocess_logits: PreprocessLogits | None
     compute_metrics, preprocess_logits = task.metrics(splits.labels)
+    trainer_class: type[GuardedTrainer] = GuardedTrainer
+    method_kwargs: dict[str, Any] = {}
+    if isinstance(spec.method, DpoMethod):
+        # the reference model's log-probabilities: the model as it starts, computed once
+        device = next(model.parameters()).device if quantization else args.device
+        model.to(device)
+        for features in (train_set.features, validation_set.features):
+            add_reference_logps(model, features, collator, spec.method, hp.batch_size, device)
+        trainer_class, method_kwargs = DpoTrainer, {"method": spec.method}
+        compute_metrics, preprocess_logits = None, None
 
     schedule = TrainingSchedule(
         hp, spec.task, PauseSignal(spec.output_dir / PAUSE_FILENAME, args.device), events.emit
     )
-    trainer = GuardedTrainer(
+    trainer = trainer_class(
         model=model,
         args=args,
         data_collator=collator,
@@ -177,6 +196,7 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
         processing_class=processor,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits,
+        **method_kwargs,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     started = {
