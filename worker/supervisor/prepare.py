@@ -19,11 +19,11 @@ from app.jobs import outcomes
 from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs_service
 from app.jobs.spec import TrainSpec, parse_spec, trainer_hyperparameters
+from app.model_safety import UnsafeModel, check_model_folder
 from app.models.registry import resolve_base_model
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import JobCheckpointRow, JobRow
-from worker.model_safety import UnsafeModel, check_model_folder
 from worker.supervisor.devices import cuda_device_count, trainer_processes
 from worker.supervisor.lease import Lease
 from worker.supervisor.transfer import download_tree
