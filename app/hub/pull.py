@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,12 +45,13 @@ from huggingface_hub.utils import disable_progress_bars
 import task_plugins
 from app.failures import APIError
 from app.model_safety import CODE_CONFIGS, UnsafeModel, check_listing, check_model_folder
+from app.models.registry import PULL_MARKER, BaseModel, pulled_sha, resolve_base_model
 
 # the server logs; a pull's progress is reported through its callback instead
 disable_progress_bars()
 
 STAGING_DIRNAME = ".pulls"
-MARKER = ".tunery-pull.json"
+MARKER = PULL_MARKER
 # what from_pretrained reads besides the weights: configs, tokenizers, processors
 CONFIG_FILES = frozenset(
     {
@@ -215,6 +217,28 @@ def plan(models_dir: Path, model: str, revision: str = "main") -> Plan:
     return found
 
 
+def auto_pulled(models_dir: Path, model: str) -> bool:
+    """Whether a job naming `model` pulls it first when TUNERY_HUB_AUTO_PULL is on: a Hub
+    id (org/name) that is not in TUNERY_MODELS_DIR."""
+    return (
+        "/" in model
+        and not model.startswith("ft:")
+        and (resolve_base_model(models_dir, model) is None)
+    )
+
+
+def pending_base(models_dir: Path, found: Plan) -> BaseModel:
+    """The base model a planned pull will put in place, for a job created before it lands."""
+    return BaseModel(
+        id=found.model,
+        path=model_dir(models_dir, found.model),
+        task=found.task,
+        model_type=found.model_type,
+        created_at=int(time.time()),
+        sha=found.sha,
+    )
+
+
 def _on_disk(staging: Path, files: tuple[HubFile, ...]) -> tuple[int, int]:
     """(bytes, files) of a pull already in `staging`: finished files and partial downloads."""
     done_bytes = done_files = 0
@@ -258,6 +282,10 @@ def download(models_dir: Path, found: Plan, on_progress: Progress, every: float 
     `on_progress(bytes, files)` is called every `every` seconds from another thread and once
     at the end. Raises APIError (the Hub failed, a refused folder) or OSError (the disk).
     """
+    target = model_dir(models_dir, found.model)
+    if pulled_sha(target) == found.sha:  # pulled already, at this very commit
+        on_progress(found.total_bytes, len(found.files))
+        return target
     staging = staging_dir(models_dir, found.model)
     staging.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -305,14 +333,6 @@ def _move_into_place(models_dir: Path, found: Plan, staging: Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
-
-
-def pulled_sha(folder: Path) -> str | None:
-    """The commit a pulled folder holds (None: not pulled by Tunery)."""
-    try:
-        return str(json.loads((folder / MARKER).read_text())["sha"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def remove(models_dir: Path, model: str) -> None:

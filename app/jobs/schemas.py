@@ -137,6 +137,8 @@ class JobPublic(BaseModel):
     best_step: int | None
     attempt: int
     from_checkpoint: str | None = None
+    # the Hub commit of the base model when it was pulled from the Hub: the job can be redone
+    model_sha: str | None = None
 
     @classmethod
     def of(cls, row: JobRow) -> JobPublic:
@@ -164,6 +166,7 @@ class JobPublic(BaseModel):
             best_step=row.best_step,
             attempt=row.attempt,
             from_checkpoint=row.from_checkpoint,
+            model_sha=row.model_sha,
         )
 
 

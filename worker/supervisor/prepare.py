@@ -26,6 +26,7 @@ from app.storage import ArtifactStore
 from app.tables import JobCheckpointRow, JobRow
 from worker.supervisor.devices import cuda_device_count, trainer_processes
 from worker.supervisor.lease import Lease
+from worker.supervisor.pull import pull_base
 from worker.supervisor.transfer import download_tree
 from worker.training.layout import CHECKPOINTS_DIRNAME, checkpoint_dirname
 
@@ -77,6 +78,8 @@ def prepare(
         with make_session() as session:
             outcomes.files_validated(session, lease.owned(session))
             session.commit()
+    if row.model_sha is not None and resolve_base_model(settings.models_dir, row.model) is None:
+        pull_base(settings, make_session, lease, row)
     base_dir, processes = _check_worker(settings, row, lease.owner)
     with make_session() as session:
         sources = _sources(session, row)
