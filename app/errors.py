@@ -68,7 +68,9 @@ _DESCRIPTIONS = {
     409: "The object's state does not allow this (a finished job, a file in use, ...)",
     413: "The request body is over TUNERY_MAX_UPLOAD_BYTES",
     429: "Over a quota or the rate limit; retry after `Retry-After` seconds",
+    502: "The Hugging Face Hub did not answer (HF_ENDPOINT, the network)",
     503: "A dependency (inference server, database) is unavailable; retry after `Retry-After`",
+    507: "TUNERY_MODELS_DIR has too little free space for this pull",
 }
 # what any /v1 route may answer: a bad parameter, no key, an unknown id, a body over the
 # upload limit (checked before routing), the rate limit, the database away

@@ -34,6 +34,7 @@ from app.edge import check_request_strings
 from app.errors import document_errors, error_body, error_responses, install_error_handlers
 from app.evaluations.routes import router as evaluations_router
 from app.files.routes import router as files_router
+from app.hub.routes import router as hub_router
 from app.inference_client import InferenceClient
 from app.jobs.reconciler import Reconciler
 from app.jobs.routes import router as jobs_router
@@ -146,7 +147,9 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
     for router, statuses in (
         (files_router, (409,)),
         (jobs_router, (409,)),
-        (models_router, (409, 503)),
+        # before models_router: its GET /v1/models/{model_id:path} would take /pulls/{id}
+        (hub_router, (403, 409, 502, 507)),
+        (models_router, (403, 409, 503)),
         (deployments_router, (409, 503)),
     ):
         app.include_router(router, dependencies=authenticated, responses=error_responses(*statuses))

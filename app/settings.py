@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     inference_url: str = "http://127.0.0.1:8001"
     queue: str = "tunery"
     allow_hub: bool = False
+    # a job naming a Hub model that is not in TUNERY_MODELS_DIR pulls it first (its worker
+    # does, into its own TUNERY_MODELS_DIR); off: the job is refused with the pull command
+    hub_auto_pull: bool = False
+    # keys of this project may pull and remove base models (shared by every project)
+    admin_project: str = "default"
     max_upload_bytes: int = 1024**3
     # an uploaded fine-tuning file with fewer examples is refused (OpenAI's minimum is 10)
     min_training_examples: int = Field(default=10, ge=1)

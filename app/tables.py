@@ -112,6 +112,8 @@ class JobRow(Base):
     workers_lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # another job's checkpoint (ftckpt-...) whose weights this job starts from
     from_checkpoint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the Hub commit of a pulled base model (app/hub/pull.py), so that the job can be redone
+    model_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # the owning project (app/auth.py): every query a request makes filters by it
     project_id: Mapped[str | None] = mapped_column(
         String(64), nullable=True, index=True, default=default_project_id
@@ -265,3 +267,27 @@ class EvaluationRow(Base):
     project_id: Mapped[str | None] = mapped_column(
         String(64), nullable=True, index=True, default=default_project_id
     )
+
+
+class ModelPullRow(Base):
+    """A pull of a base model from the Hugging Face Hub (app/hub/): its pinned commit and
+    its progress, written by the thread that downloads it."""
+
+    __tablename__ = "model_pulls"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), index=True)
+    revision: Mapped[str] = mapped_column(String(255))
+    sha: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    # queued, running, succeeded, failed
+    status: Mapped[str] = mapped_column(String(16))
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_files: Mapped[int] = mapped_column(Integer, default=0)
+    done_files: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # refreshed with each progress write: a running pull that stops refreshing was lost
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 from app.deps import EnqueueJobDep, PrincipalDep, ReadsDep, SessionDep, SettingsDep, StoreDep
 from app.errors import download_response
 from app.failures import not_found
+from app.hub.pull import auto_pulled, pending_base, plan
 from app.jobs import repository, service
 from app.jobs.listing import list_page_matching, metadata_filter
 from app.jobs.schemas import CheckpointPublic, JobCreate, JobPublic
@@ -26,12 +27,17 @@ def create_job(
     enqueue: EnqueueJobDep,
     body: JobCreate,
 ) -> JobPublic:
+    pending = None
+    if settings.hub_auto_pull and auto_pulled(settings.models_dir, body.model):
+        # before the session's first query: no transaction waits on the Hub
+        pending = pending_base(settings.models_dir, plan(settings.models_dir, body.model))
     row = service.create_job(
         session,
         settings.models_dir,
         body,
         project_id=principal.project_id,
         max_unfinished=settings.quota_concurrent_jobs,
+        pending=pending,
     )
     session.commit()  # enqueue only what is committed
     enqueue(row.id)

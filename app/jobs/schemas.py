@@ -182,6 +182,8 @@ class JobPublic(BaseModel):
     n_validation: int | None = None
     attempt: int
     from_checkpoint: str | None = None
+    # the Hub commit of the base model when it was pulled from the Hub: the job can be redone
+    model_sha: str | None = None
 
     @classmethod
     def of(cls, row: JobRow) -> JobPublic:
@@ -217,6 +219,7 @@ class JobPublic(BaseModel):
             n_validation=row.n_validation,
             attempt=row.attempt,
             from_checkpoint=row.from_checkpoint,
+            model_sha=row.model_sha,
         )
 
 

@@ -41,13 +41,19 @@ QUOTA_STATUSES = tuple(sorted(state.ACTIVE))
 def _base_model(models_dir: Path, model_id: str) -> BaseModel:
     model = resolve_base_model(models_dir, model_id)
     if model is None:
+        pull = (
+            f" To fetch it from the Hugging Face Hub, run `tunery models pull {model_id}` (with "
+            "an admin key; POST /v1/models/pull) first, or turn TUNERY_HUB_AUTO_PULL on."
+            if "/" in model_id and not model_id.startswith("ft:")
+            else ""
+        )
         available = [m.id for m in list_base_models(models_dir)]
         listing = (
             ", ".join(available) if available else "none (put model folders in TUNERY_MODELS_DIR)"
         )
         raise APIError(
             400,
-            f"Unknown model '{model_id}'. Available base models: {listing}.",
+            f"Unknown model '{model_id}'. Available base models: {listing}.{pull}",
             param="model",
             code="model_not_found",
         )
@@ -231,9 +237,11 @@ def create_job(
     *,
     project_id: str,
     max_unfinished: int | None = None,
+    pending: BaseModel | None = None,
 ) -> JobRow:
+    """`pending`: the base model a worker pulls from the Hub before it trains (auto-pull)."""
     request = _fine_tuned_start(session, request, project_id)
-    base = _base_model(models_dir, request.model)
+    base = pending or _base_model(models_dir, request.model)
     method = method_of(request)
     check_method(method, base.task, base.id)
     train = _checked_file(
@@ -277,6 +285,7 @@ def create_job(
         id=new_id("ftjob"),
         project_id=project_id,
         model=base.id,
+        model_sha=base.sha,
         task=base.task,
         # the worker that claims it checks the files again before training
         status="validating_files",
@@ -295,7 +304,15 @@ def create_job(
     )
     session.add(row)
     session.flush()
-    repository.add_event(session, row.id, f"Created fine-tuning job {row.id} on {base.id}.")
+    at = f" at Hub commit {base.sha}" if base.sha else ""
+    repository.add_event(session, row.id, f"Created fine-tuning job {row.id} on {base.id}{at}.")
+    if pending is not None:
+        repository.add_event(
+            session,
+            row.id,
+            f"{base.id} is not in TUNERY_MODELS_DIR yet: the worker pulls it from the Hub "
+            "first (TUNERY_HUB_AUTO_PULL).",
+        )
     if source is not None:
         repository.add_event(
             session,

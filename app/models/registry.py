@@ -12,6 +12,8 @@ from pathlib import Path
 import task_plugins
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# written into a folder pulled from the Hub (app/hub/pull.py): its model id, revision, commit
+PULL_MARKER = ".tunery-pull.json"
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,17 @@ class BaseModel:
     task: str  # a task plugin's name: "classification", "causal-lm"
     model_type: str
     created_at: int
+    # the Hub commit it was pulled at; None for a folder put there by hand, or packaged
+    sha: str | None = None
+
+
+def pulled_sha(folder: Path) -> str | None:
+    """The Hub commit a folder pulled by Tunery holds (None: not pulled by Tunery)."""
+    try:
+        sha = json.loads((folder / PULL_MARKER).read_text())["sha"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sha if isinstance(sha, str) else None
 
 
 def _read(path: Path, model_id: str) -> BaseModel | None:
@@ -40,6 +53,7 @@ def _read(path: Path, model_id: str) -> BaseModel | None:
         task=task,
         model_type=str(config.get("model_type", "")),
         created_at=int(config_path.stat().st_mtime),
+        sha=pulled_sha(path),
     )
 
 

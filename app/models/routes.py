@@ -11,8 +11,11 @@ from app.deployments.service import unload
 from app.deps import InferenceDep, PrincipalDep, ServingDep, SessionDep, SettingsDep, StoreDep
 from app.errors import download_response
 from app.failures import APIError, not_found
+from app.hub import pull
+from app.hub import service as hub_service
 from app.models import service
 from app.models.export import card_for, tarball
+from app.models.registry import resolve_base_model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -84,6 +87,15 @@ def delete_model(
     store: StoreDep,
     model_id: str,
 ) -> dict[str, Any]:
+    if service.get_tuned(session, model_id, principal.project_id) is None:
+        base = resolve_base_model(settings.models_dir, model_id)
+        if base is not None and base.sha is not None:  # pulled from the Hub: removable
+            hub_service.check_admin(session, principal, settings.admin_project)
+            hub_service.check_unused(session, model_id)
+            session.commit()
+            anyio.from_thread.run(unload, inference, model_id)
+            pull.remove(settings.models_dir, model_id)
+            return {"id": model_id, "object": "model", "deleted": True}
     row = service.delete_tuned(session, model_id, principal.project_id, settings.models_dir)
     session.commit()
     anyio.from_thread.run_sync(serving.lookup.forget_model, row.id)

@@ -26,6 +26,9 @@ def base_public(model: BaseModel) -> dict[str, Any]:
         "owned_by": "tunery",
         "task": model.task,
         "kind": "base",
+        # the Hub commit it was pulled at (POST /v1/models/pull); None for a folder put in
+        # TUNERY_MODELS_DIR by hand
+        "sha": model.sha,
     }
 
 
@@ -160,7 +163,8 @@ def delete_tuned(
         if models_dir is not None and resolve_base_model(models_dir, model_id) is not None:
             raise APIError(
                 400,
-                f"{model_id} is a base model; only fine-tuned models can be deleted.",
+                f"{model_id} is a base model that was not pulled from the Hub; remove its "
+                "folder from TUNERY_MODELS_DIR instead.",
                 param="model",
                 code="not_deletable",
             )

@@ -26,10 +26,10 @@ from typing import Any, Literal
 import torch
 
 import task_plugins
+from app.model_safety import UnsafeModel, check_model_folder
 from app.storage import ArtifactStore
 from worker.inference.errors import ModelLoadError, short_error
 from worker.inference.shared import SharedModel, model_memory_bytes
-from worker.model_safety import UnsafeModel, check_model_folder
 
 # a task plugin's name (task_plugins.names())
 Task = str
@@ -306,7 +306,7 @@ def base_labels(model_dir: Path) -> list[str]:
 
 
 def check_safe(directory: Path) -> None:
-    """The rules every model folder meets before it loads (worker/model_safety.py, which the
+    """The rules every model folder meets before it loads (app/model_safety.py, which the
     trainer applies too): no custom code, no pickle-only weights."""
     try:
         check_model_folder(directory)

@@ -19,13 +19,14 @@ from app.jobs import outcomes
 from app.jobs import repository as jobs_repo
 from app.jobs import service as jobs_service
 from app.jobs.spec import TrainSpec, parse_spec, trainer_hyperparameters, trainer_method
+from app.model_safety import UnsafeModel, check_model_folder
 from app.models.registry import resolve_base_model
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import JobCheckpointRow, JobRow
-from worker.model_safety import UnsafeModel, check_model_folder
 from worker.supervisor.devices import cuda_device_count, trainer_processes
 from worker.supervisor.lease import Lease
+from worker.supervisor.pull import pull_base
 from worker.supervisor.transfer import download_tree
 from worker.training.layout import CHECKPOINTS_DIRNAME, checkpoint_dirname
 
@@ -79,6 +80,8 @@ def prepare(
         with make_session() as session:
             outcomes.files_validated(session, lease.owned(session))
             session.commit()
+    if row.model_sha is not None and resolve_base_model(settings.models_dir, row.model) is None:
+        pull_base(settings, make_session, lease, row)
     base_dir, processes = _check_worker(settings, row, lease.owner)
     with make_session() as session:
         sources = _sources(session, row)

@@ -24,7 +24,7 @@ from transformers.pytorch_utils import Conv1D
 
 from app.failures import Failure
 from app.jobs.spec import FreezeType, FullType, LoraType, QLoraType
-from worker.model_safety import UnsafeModel, check_model_folder
+from app.model_safety import UnsafeModel, check_model_folder
 from worker.training.layout import MANIFEST
 from worker.training.plugin import trainer_for
 
@@ -35,7 +35,7 @@ FINAL_NORM_NAMES = {"norm", "ln_f", "final_layer_norm", "final_layernorm", "norm
 
 
 def load_config(base_dir: Path) -> PretrainedConfig:
-    try:  # refused outright, before transformers reads a file (worker/model_safety.py)
+    try:  # refused outright, before transformers reads a file (app/model_safety.py)
         check_model_folder(base_dir)
     except UnsafeModel as exc:
         raise Failure("invalid_base_model", str(exc), "model") from exc

@@ -7,7 +7,9 @@ custom modeling code (`*.py` next to the weights, named by an `auto_map`, which
 transformers imports under `trust_remote_code`). Tunery loads safetensors only, never turns
 trust_remote_code on, and refuses such folders outright with a message that says what to
 change, rather than loading around what they carry. The inference server applies the same
-rules through it (worker/inference/loading.py: check_safe).
+rules through it (worker/inference/loading.py: check_safe), and a pull from the Hub applies
+them to the repository's file listing before it downloads a byte (check_listing) and to the
+pulled folder before it is moved into TUNERY_MODELS_DIR (app/hub/pull.py).
 """
 
 from __future__ import annotations
@@ -67,3 +69,28 @@ def check_model_folder(folder: Path) -> None:
             "any code. Convert them to safetensors (from_pretrained, then "
             "save_pretrained(folder, safe_serialization=True)) on a machine you trust."
         )
+
+
+def check_listing(model: str, names: list[str]) -> None:
+    """The folder rules on a Hub repository's file listing (paths relative to its root),
+    before anything is downloaded: its own code, or weights only as pickles, are refused."""
+    code = sorted(n for n in names if n.endswith(".py"))
+    if code:
+        raise UnsafeModel(
+            f"The Hub repository {model} carries custom code ({', '.join(code[:3])}); "
+            "Tunery never runs a model's own code (trust_remote_code is off). Pull a model "
+            "with a built-in transformers architecture."
+        )
+    if any(n.endswith(".safetensors") and "/" not in n for n in names):
+        return
+    pickles = sorted(n for n in names if "/" not in n and n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise UnsafeModel(
+            f"The Hub repository {model} holds its weights only as pickle files "
+            f"({', '.join(pickles[:3])}), which are never loaded: loading a pickle can run "
+            "any code. Pull a repository (or a revision) that has *.safetensors weights."
+        )
+    raise UnsafeModel(
+        f"The Hub repository {model} has no *.safetensors weights at its root, so there is "
+        "no model to pull; name a model repository (or a revision) that has them."
+    )
