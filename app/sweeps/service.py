@@ -167,12 +167,18 @@ def _dimensions(
     return {path: adapter.validate_python(raw) for path, raw in row.search_space.items()}
 
 
-def _study(settings: Settings, row: SweepRow, asked: int) -> optuna.Study:
-    dims = _dimensions(row)
+def _study(settings: Settings, row: SweepRow, asked: int | None = None) -> optuna.Study:
+    """The sweep's study: with the sweep's sampler to ask the next trial (`asked`: the trials
+    asked so far), else with a sampler that only judges; always with its pruner."""
+    sampler = (
+        study.judging_sampler()
+        if asked is None
+        else study.make_sampler(row.sampler, _dimensions(row), row.n_trials, row.seed, asked)
+    )
     return study.load_study(
         _storage_url(settings),
         row.study_name,
-        sampler=study.make_sampler(row.sampler, dims, row.n_trials, (row.seed + asked) % 2**31),
+        sampler=sampler,
         pruner=study.make_pruner(row.pruner, row.n_trials),
     )
 
@@ -220,7 +226,7 @@ def cancel_sweep(session: Session, settings: Settings, sweep_id: str, project_id
     row.status = "cancelled"
     row.finished_at = int(time.time())
     trials = repository.trials(session, sweep_id)
-    optuna_study = _study(settings, row, len(trials))
+    optuna_study = _study(settings, row)
     for trial in trials:
         if trial.state != "running":
             continue
@@ -344,9 +350,12 @@ def _start_trial(
     session: Session,
     settings: Settings,
     row: SweepRow,
+    asking: optuna.Study,
     optuna_study: optuna.Study,
 ) -> SweepTrialRow:
-    asked = optuna_study.ask(study.distributions(_dimensions(row)))
+    """Ask `asking` (the sweep's sampler) for a trial and create its job; a job the rules
+    refuse fails the trial at once (told through `optuna_study`, which only judges)."""
+    asked = asking.ask(study.distributions(_dimensions(row)))
     params = dict(asked.params)
     trial = SweepTrialRow(
         id=new_id("sweeptrial"),
@@ -430,7 +439,7 @@ def advance(session: Session, settings: Settings, row: SweepRow) -> list[str]:
     max_parallel, finish it when all are done. Returns the new jobs' ids, to enqueue after
     the caller commits."""
     trials = repository.trials(session, row.id)
-    optuna_study = _study(settings, row, len(trials))
+    optuna_study = _study(settings, row)
     for trial in trials:
         if trial.state == "running":
             _follow(session, row, optuna_study, trial)
@@ -443,7 +452,7 @@ def advance(session: Session, settings: Settings, row: SweepRow) -> list[str]:
         if _unfinished_jobs(session, row.project_id) >= settings.quota_concurrent_jobs:
             break  # the project's quota is full: the next pass tries again
         # a fresh sampler per trial: its seed counts the trials asked so far
-        trial = _start_trial(session, settings, row, _study(settings, row, asked))
+        trial = _start_trial(session, settings, row, _study(settings, row, asked), optuna_study)
         session.flush()
         trials.append(trial)
         asked += 1

@@ -82,17 +82,26 @@ def make_sampler(
     space: dict[str, Uniform | LogUniform | IntRange | Choice],
     n_trials: int,
     seed: int,
+    asked: int,
 ) -> optuna.samplers.BaseSampler:
-    """A fresh sampler for one driver pass. `seed` changes from pass to pass (the trials
-    asked so far are part of it): a sampler rebuilt with one seed would draw again what it
-    drew in the previous pass."""
+    """A fresh sampler for one ask. A grid is shuffled once by the sweep's `seed` and trial k
+    takes its k-th point, so its seed stays; the others' seed moves on with the trials
+    `asked` so far (one rebuilt with the same seed would draw again what it drew before)."""
+    moved = (seed + asked) % 2**31
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=moved)
     if name == "grid":
         grid = {path: grid_values(path, dim) for path, dim in space.items()}
         return optuna.samplers.GridSampler(grid, seed=seed)
     # TPE's default of 10 random trials first would leave a 12-trial sweep almost random
-    return optuna.samplers.TPESampler(n_startup_trials=max(2, min(10, n_trials // 3)), seed=seed)
+    return optuna.samplers.TPESampler(n_startup_trials=max(2, min(10, n_trials // 3)), seed=moved)
+
+
+def judging_sampler() -> optuna.samplers.BaseSampler:
+    """The sampler of a study loaded to report, prune and tell (not to ask): one whose
+    after_trial does nothing (GridSampler's stops the study once the grid is done, which
+    raises outside study.optimize)."""
+    return optuna.samplers.RandomSampler(seed=0)
 
 
 def make_pruner(name: str, n_trials: int) -> optuna.pruners.BasePruner:

@@ -378,6 +378,21 @@ def test_a_failed_job_fails_its_trial_and_a_lost_worker_resumes_it(api: Api, fil
     assert TrialState.RUNNING not in optuna_states(api, sweep["id"])
 
 
+def test_a_grid_sweep_tries_each_point_once(api: Api, file_id: str) -> None:
+    space = {"training_type.r": {"type": "choice", "values": [4, 8, 16]}}
+    sweep = create(
+        api, body(file_id, sampler="grid", n_trials=3, max_parallel=2, search_space=space)
+    )
+    while get(api, sweep["id"])["status"] == "running":
+        for trial in running_trials(get(api, sweep["id"])):
+            run_job(api, trial["job_id"])
+            succeed(api, trial["job_id"], trial["params"]["training_type.r"] / 20)
+        driver(api).run_once()
+    done = get(api, sweep["id"])
+    assert sorted(t["params"]["training_type.r"] for t in done["trials"]) == [4, 8, 16]
+    assert done["status"] == "succeeded" and done["best_value"] == pytest.approx(0.8)
+
+
 def test_an_optuna_trial_asked_without_a_row_is_told_fail(api: Api, file_id: str) -> None:
     sweep = create(api, body(file_id, n_trials=3, max_parallel=1))
     url = study.storage_url(api.settings.database_url)
