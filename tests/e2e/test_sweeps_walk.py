@@ -1,7 +1,8 @@
 """A sweep over HTTP against live servers, with real trainers on tiny-bert: its trials run as
 jobs on the workers, the worker is SIGKILLed in the middle of a trial (its job resumes and
 the trial with it: none is left running), the median pruner stops a trial that learns
-nothing (its eval_loss stays behind the others' at its first evaluation), and the best trial's model deploys and predicts.
+nothing (its eval_loss stays behind the others' at its first evaluation), and the best
+trial's model deploys and predicts.
 
 Runs embedded (`tunery serve`, which restarts its worker when it dies) and, where they are
 reachable, as separate processes on Postgres + Redis (the test starts a second worker).
