@@ -29,7 +29,7 @@ from app.deployments.lookup import Lookup
 from app.deployments.routes import router as deployments_router
 from app.deployments.service import Serving
 from app.deployments.usage import Usage, UsageCounter
-from app.deps import require_principal
+from app.deps import Enqueue, require_principal
 from app.edge import check_request_strings
 from app.errors import document_errors, error_body, error_responses, install_error_handlers
 from app.evaluations.routes import router as evaluations_router
@@ -45,6 +45,8 @@ from app.openapi import describe_api
 from app.reads import make_reads
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore
+from app.sweeps.driver import SweepDriver
+from app.sweeps.routes import router as sweeps_router
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,12 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
                 max_workers_lost=settings.max_workers_lost,
             )
             loop.start()
+            sweeps = SweepDriver(
+                app.state.sessionmaker,
+                settings,
+                Enqueue(lambda job_id: app.state.enqueue(job_id), "job"),
+            )
+            sweeps.start()
         await app.state.reads.open()
         counters = (app.state.serving.usage, app.state.serving.project_usage)
         flushers = [
@@ -102,6 +110,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         await app.state.reads.close()
         if loop is not None:
             loop.stop()
+            sweeps.stop()
         await inference.aclose()
         engine.dispose()
 
@@ -149,6 +158,7 @@ def create_app(settings: Settings | None = None, *, reconciler: bool = True) -> 
         (jobs_router, (409,)),
         # before models_router: its GET /v1/models/{model_id:path} would take /pulls/{id}
         (hub_router, (403, 409, 502, 507)),
+        (sweeps_router, (409,)),
         (models_router, (403, 409, 503)),
         (deployments_router, (409, 503)),
     ):

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # jobs queued longer than this without a claim are enqueued again (a lost message)
     requeue_after_seconds: int = 120
     reconcile_every_seconds: float = 15.0
+    # how often the API's sweep driver reports evaluations to Optuna, prunes, tells finished
+    # trials and starts new ones (app/sweeps/driver.py): a pruned trial stops within this
+    sweep_every_seconds: float = Field(default=2.0, gt=0)
+    # where Optuna keeps its studies; empty: beside the service's own tables (SQLite: the
+    # file tunery.optuna.db next to the database; Postgres: the schema `optuna`)
+    sweep_storage_url: str = ""
     # a job or evaluation whose worker stopped answering this many times fails (worker_lost)
     # instead of being handed to yet another worker: something in it kills workers
     max_workers_lost: int = Field(default=3, ge=1)

@@ -291,3 +291,70 @@ class ModelPullRow(Base):
     # refreshed with each progress write: a running pull that stops refreshing was lost
     updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class SweepRow(Base):
+    """A hyperparameter search (app/sweeps): its trials are ordinary jobs; Optuna's study of
+    the same name, in its own tables (app/sweeps/study.py), samples and prunes them."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    created_ns: Mapped[int] = mapped_column(BigInteger, default=now_ns, index=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # the body of POST /v1/fine_tuning/jobs every trial starts from
+    base_job: Mapped[dict[str, Any]] = mapped_column(JSON)
+    search_space: Mapped[dict[str, Any]] = mapped_column(JSON)
+    objective: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_trials: Mapped[int] = mapped_column(Integer)
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    sampler: Mapped[str] = mapped_column(String(16))
+    pruner: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    study_name: Mapped[str] = mapped_column(String(128))
+    best_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the sweep driver pass that holds the sweep until then (one driver per sweep at a time)
+    driven_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class SweepTrialRow(Base):
+    __tablename__ = "sweep_trials"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "number", name="uq_sweep_trials_sweep_id_number"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    # Optuna's trial number (0, 1, ...) and its storage id (for report / should_prune)
+    number: Mapped[int] = mapped_column(Integer)
+    optuna_trial_id: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # running, complete, pruned, failed, cancelled
+    state: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the job's latest evaluation step told to Optuna
+    reported_step: Mapped[int] = mapped_column(Integer, default=0)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    intermediate: Mapped[list[list[float]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class SweepEventRow(Base):
+    __tablename__ = "sweep_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

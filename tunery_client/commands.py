@@ -13,12 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunery_client import jobs, resources
+from tunery_client import jobs, resources, sweeps
 from tunery_client.api import Client, ClientError
 from tunery_client.jobspec import add_job_flags
 
 Handler = Callable[[Client, argparse.Namespace], int]
-CLIENT_COMMANDS = ("files", "jobs", "models", "deployments", "predict", "usage")
+CLIENT_COMMANDS = ("files", "jobs", "sweeps", "models", "deployments", "predict", "usage")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -112,6 +112,37 @@ def register(sub: Any) -> None:
     metrics = _verb(job, "metrics", jobs.metrics, "a job's training curve and evaluations", common)
     metrics.add_argument("job_id")
     metrics.add_argument("--plot", action="store_true", help="plot the loss in the terminal")
+
+    sweep = sub.add_parser("sweeps", help="hyperparameter sweeps").add_subparsers(
+        dest="sweeps_command", required=True
+    )
+    sweep_create = _verb(
+        sweep, "create", sweeps.create, "create a sweep from a YAML or JSON spec", common
+    )
+    sweep_create.add_argument(
+        "--spec", type=Path, required=True, help="the body of POST /v1/fine_tuning/sweeps"
+    )
+    sweep_create.add_argument("--training-file", help="sets job.training_file of the spec")
+    sweep_create.add_argument("--watch", action="store_true", help="then watch it")
+    _watch_flags(sweep_create)
+    _paging(_verb(sweep, "list", sweeps.list_sweeps, "list sweeps, newest first", common))
+    _verb(sweep, "get", sweeps.get, "one sweep and its trials", common).add_argument("sweep_id")
+    sweep_watch = _verb(
+        sweep,
+        "watch",
+        sweeps.watch,
+        "a live table of the trials until the sweep ends; exits 0 if it succeeded, 1 if it "
+        "failed, 3 if cancelled",
+        common,
+    )
+    sweep_watch.add_argument("sweep_id")
+    _watch_flags(sweep_watch)
+    _verb(
+        sweep, "cancel", sweeps.cancel, "cancel a sweep and its running trials", common
+    ).add_argument("sweep_id")
+    sweep_events = _verb(sweep, "events", sweeps.events, "a sweep's events, oldest first", common)
+    sweep_events.add_argument("sweep_id")
+    _paging(sweep_events, limit=50)
 
     model = sub.add_parser("models", help="base and fine-tuned models").add_subparsers(
         dest="models_command", required=True

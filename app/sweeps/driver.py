@@ -1,0 +1,86 @@
+"""The sweep driver: a thread of the API (beside the reconciler) that moves every running
+sweep on every TUNERY_SWEEP_EVERY_SECONDS (app/sweeps/service.py `advance`).
+
+Each sweep is held for its pass by a conditional UPDATE (SweepRow.driven_until), so the
+drivers of several API processes never ask Optuna for the same sweep's trials at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
+from app.sweeps import repository, service
+from app.tables import SweepRow
+
+log = logging.getLogger(__name__)
+
+# a pass that takes longer than this (a crashed API) lets another driver take the sweep
+HOLD_SECONDS = 120.0
+
+
+class SweepDriver(threading.Thread):
+    def __init__(
+        self,
+        make_session: sessionmaker[Session],
+        settings: Settings,
+        enqueue: Callable[[str], None],
+    ) -> None:
+        super().__init__(name="tunery-sweeps", daemon=True)
+        self.make_session = make_session
+        self.settings = settings
+        self.enqueue = enqueue
+        self.stopped = threading.Event()
+
+    def drive(self, sweep_id: str) -> list[str]:
+        """One pass over one sweep; the ids of the trial jobs it started (enqueued)."""
+        with self.make_session() as session:
+            held = repository.claim(session, sweep_id, HOLD_SECONDS)
+            session.commit()
+        if not held:
+            return []
+        started: list[str] = []
+        try:
+            with self.make_session() as session:
+                row = session.get(SweepRow, sweep_id)
+                if row is not None:
+                    started = service.advance(session, self.settings, row)
+                    row.driven_until = None
+                session.commit()
+        except BaseException:
+            with self.make_session() as session:
+                row = session.get(SweepRow, sweep_id)
+                if row is not None:
+                    row.driven_until = None
+                session.commit()
+            raise
+        for job_id in started:
+            self.enqueue(job_id)
+        return started
+
+    def run_once(self) -> list[str]:
+        with self.make_session() as session:
+            sweep_ids = repository.to_drive(session)
+        started: list[str] = []
+        for sweep_id in sweep_ids:
+            try:
+                started += self.drive(sweep_id)
+            except Exception:
+                log.warning("sweep %s: driver pass failed", sweep_id, exc_info=True)
+        return started
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.run_once()
+            except Exception:
+                log.warning("sweep driver pass failed", exc_info=True)
+            if self.stopped.wait(self.settings.sweep_every_seconds):
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
