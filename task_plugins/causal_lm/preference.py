@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from task_plugins.base import Row, RowFormat
+from task_plugins.causal_lm.chat_tools import CallLedger
 from task_plugins.causal_lm.formats import TOKENS_PER_MESSAGE, _check_message
 from task_plugins.rows import json_type
 
@@ -89,8 +90,9 @@ def _check_trl(row: Row) -> str | None:
 def _check_prompt_messages(messages: Any, where: str) -> str | None:
     if not isinstance(messages, list) or not messages:
         return f"'{where}' must be a non-empty list of messages, got {json_type(messages)}"
+    ledger = CallLedger()
     for index, message in enumerate(messages):
-        problem = _check_message(message, f"{where}[{index}]")
+        problem = _check_message(message, f"{where}[{index}]", ledger)
         if problem:
             return problem
     if messages[-1]["role"] == "assistant":
@@ -113,7 +115,7 @@ def _check_output(output: Any, where: str) -> str | None:
             f"'{where}' has {len(output)} messages ({roles}); it must be exactly one assistant "
             "message"
         )
-    problem = _check_message(output[0], f"{where}[0]")
+    problem = _check_message(output[0], f"{where}[0]", CallLedger())
     if problem:
         return problem
     if output[0]["role"] != "assistant":

@@ -105,6 +105,8 @@ def succeed(api: Api, job_id: str, accuracy: float) -> None:
             model_format="adapter",
             trained_tokens=100,
             metrics={"eval_loss": 1 - accuracy, "accuracy": accuracy},
+            result_step=40,
+            result_reason="final",
             best_step=40,
             stopped_early=None,
         )
