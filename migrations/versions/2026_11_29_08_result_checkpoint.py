@@ -13,7 +13,7 @@ default. Existing rows keep meaning what they meant:
 - n_validation comes from the job's last "Training started" event, where there is one.
 
 Revision ID: 08
-Revises: 0007
+Revises: 0013
 Create Date: 2026-11-29 19:30:00
 """
 
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "08"
-down_revision: str | None = "0007"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -2,7 +2,7 @@
 commit and progress), and the commit of its base model on each job (jobs.model_sha)
 
 Revision ID: 09
-Revises: 0007
+Revises: 08
 Create Date: 2026-11-29 19:40:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "09"
-down_revision: str | None = "0007"
+down_revision: str | None = "08"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

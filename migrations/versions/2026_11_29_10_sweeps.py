@@ -2,7 +2,7 @@
 Postgres also the `optuna` schema that holds Optuna's own tables (app/sweeps/study.py)
 
 Revision ID: 10
-Revises: 0007
+Revises: 09
 Create Date: 2026-11-29 19:21:22.082509
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "10"
-down_revision: str | None = "0007"
+down_revision: str | None = "09"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
