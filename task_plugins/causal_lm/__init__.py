@@ -84,7 +84,12 @@ TASK = TaskPlugin(
         forward=f"{_PREDICTORS}:generate_tokens",
         finish=f"{_PREDICTORS}:finish",
         output=f"{_PREDICTORS}:Generation",
-        parameters=frozenset({"max_new_tokens", "temperature", "top_p", "stop", "seed"}),
+        parameters=frozenset(
+            {
+                *("max_new_tokens", "temperature", "top_p", "stop", "seed"),
+                *("n", "logprobs", "top_logprobs", "response_format"),
+            }
+        ),
         inputs=frozenset({"text", "chat"}),
         streams=True,
     ),

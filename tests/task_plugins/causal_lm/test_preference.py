@@ -113,7 +113,8 @@ def test_trl_strings_in_csv(tmp_path: Path) -> None:
         ),
         (
             openai_row(input={"messages": [{"role": "wizard", "content": "x"}]}),
-            "input.messages[0].role must be one of system, user, assistant, got 'wizard'",
+            "input.messages[0].role must be one of system, developer, user, assistant, tool, "
+            'function, got "wizard"',
         ),
         (
             openai_row(input={"messages": [USER], "tools": [{"type": "function"}]}),
