@@ -148,7 +148,9 @@ def seed_jobs(database_url: str) -> str:
         if status == "succeeded":
             row.fine_tuned_model = f"ft:sentence-transformers/all-MiniLM-L6-v2:bench:{job_id}"
             row.trained_tokens = 123_456
-            row.best_step = 300
+            row.result_step = 300
+            row.result_reason = "final"
+            row.n_validation = 80
         if status == "failed":
             row.error = {"code": "invalid_training_file", "message": "line 3: no label"}
         return row

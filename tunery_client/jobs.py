@@ -101,6 +101,8 @@ def describe(job: dict[str, Any]) -> None:
         ("created", output.when(job.get("created_at"))),
         ("finished", output.when(job.get("finished_at"))),
         ("fine-tuned model", job.get("fine_tuned_model")),
+        ("exported checkpoint", exported_text(job)),
+        ("validation rows", job.get("n_validation")),
         ("trained tokens", job.get("trained_tokens")),
     ]
     error = job.get("error")
@@ -111,6 +113,33 @@ def describe(job: dict[str, Any]) -> None:
     for name, value in lines:
         if value not in (None, "", "-"):
             print(f"{name.ljust(width)}  {value}")
+
+
+def exported_text(job: dict[str, Any]) -> str | None:
+    """Which checkpoint the fine-tuned model is and why; None until the job has one."""
+    step, reason = job.get("result_step"), job.get("result_reason")
+    if step is None:
+        return None
+    name = job.get("result_checkpoint")
+    where = f"step {step}" + (f" ({name})" if name else "")
+    if reason == "final":
+        return f"{where}: the final model"
+    hyperparameters = job.get("hyperparameters") or {}
+    early = hyperparameters.get("early_stopping") or {}
+    metric = hyperparameters.get("best_metric") or early.get("metric") or "eval_loss"
+    why = "best_metric" if reason == "best_metric" else "early stopping"
+    return f"{where}: the best by {metric} ({why})"
+
+
+def evaluations_heading(metrics: dict[str, Any]) -> str:
+    """The title of `tunery jobs metrics`' evaluation table: which row is the model."""
+    step, reason = metrics.get("result_step"), metrics.get("result_reason")
+    if step is not None:
+        kind = "the final model" if reason == "final" else f"the best ({reason})"
+        return f"Evaluations (exported: step {step}, {kind})"
+    if metrics.get("best_step") is not None:
+        return f"Evaluations (best step {metrics['best_step']})"
+    return "Evaluations"
 
 
 def _epoch(value: Any) -> str:
@@ -228,9 +257,7 @@ def metrics(client: Client, args: argparse.Namespace) -> int:
         columns = _columns(training, ["step", "epoch", "train_loss", "learning_rate", "grad_norm"])
         output.table(columns, [[m.get(c) for c in columns] for m in training])
     if evaluations:
-        print(
-            "\nEvaluations" + (f" (best step {data['best_step']})" if data.get("best_step") else "")
-        )
+        print("\n" + evaluations_heading(data))
         columns = _columns(evaluations, ["step", "epoch", "eval_loss"])
         output.table(columns, [[m.get(c) for c in columns] for m in evaluations])
         last = evaluations[-1]

@@ -174,6 +174,9 @@ def test_dashboard_follows_a_job_live(
     assert len(cells) == 4 and sum(cells) > 0, cells
     assert "succeeded" in text_of(browser, "#events").lower()
     assert "100%" in text_of(browser, "#progress-stat")
+    # the job says which checkpoint its model is: by default the final one
+    details = text_of(browser, "dl.details")
+    assert "Exported checkpoint" in details and "the final model" in details, details
     assert not browser.find_elements("css selector", "#cancel-job")
     shot(browser, "03-job-succeeded")
     browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")

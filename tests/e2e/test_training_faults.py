@@ -161,7 +161,10 @@ def test_a_killed_worker_is_resumed_from_its_last_checkpoint(
         baseline = wait_until(client, reference, lambda job: job["status"] == "succeeded", server)
 
         # the resumed run matches the run that was never interrupted
-        assert done["best_step"] == baseline["best_step"]
+        assert (done["result_step"], done["result_reason"]) == (
+            baseline["result_step"],
+            baseline["result_reason"],
+        )
         metrics = client.get(f"/v1/fine_tuning/jobs/{killed}/metrics").json()
         reference_metrics = client.get(f"/v1/fine_tuning/jobs/{reference}/metrics").json()
         final, expected = metrics["final"], reference_metrics["final"]

@@ -94,8 +94,10 @@ def split_rows(
 ) -> tuple[list[Row], list[Row]]:
     """Seeded train/validation split with at least one validation row.
 
-    Stratified by `stratify_by` when some class has two rows or more: each class gives its
-    share of the validation rows but always keeps one row for training.
+    Stratified by `stratify_by` when some class has two rows or more: each such class gives
+    its share of the validation rows, at least one (so no class is missing from a small
+    validation set, which can grow by a row per class whose share rounds to none), and always
+    keeps one row for training. A class of a single row stays in training.
     """
     n_validation = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
     rng = random.Random(seed)
@@ -118,7 +120,8 @@ def _stratified_pick(
     for key in keys:
         rng.shuffle(groups[key])
     exact = {key: n_validation * len(groups[key]) / n_rows for key in keys}
-    quota = {key: min(int(exact[key]), len(groups[key]) - 1) for key in keys}
+    # every class that can spare a row shows up in validation; one of a single row cannot
+    quota = {key: min(max(int(exact[key]), 1), len(groups[key]) - 1) for key in keys}
     # Hand out what rounding down left over, largest remainders first (then by name).
     by_remainder = sorted(keys, key=lambda key: (quota[key] - exact[key], str(key)))
     while sum(quota.values()) < n_validation:

@@ -421,6 +421,16 @@
     return null;
   }
 
+  // which checkpoint the fine-tuned model is, and why (null until the job succeeded)
+  function exportedText(job) {
+    if (job.result_step === null || job.result_step === undefined) return null;
+    const hp = job.hyperparameters || {};
+    const metric = hp.best_metric || (hp.early_stopping || {}).metric || "eval_loss";
+    if (job.result_reason === "final") return `step ${job.result_step}, the final model`;
+    const why = job.result_reason === "best_metric" ? "best_metric" : "early stopping";
+    return `step ${job.result_step}, the best by ${metric} (${why})`;
+  }
+
   function renderSummary(box, job, metrics) {
     const fraction = progressOf(job);
     const p = job.progress || {};
@@ -428,7 +438,9 @@
     const training = metrics.training || [];
     const evals = metrics.evaluations || [];
     const lastLoss = training.length ? training[training.length - 1].train_loss : null;
-    const best = evals.find((e) => e.step === metrics.best_step) || evals[evals.length - 1];
+    // the exported evaluation once there is one, else the best so far (with a selection) or the newest
+    const shownStep = typeof metrics.result_step === "number" ? metrics.result_step : metrics.best_step;
+    const best = evals.find((e) => e.step === shownStep) || evals[evals.length - 1];
     const top = headline(best);
     let timing;
     if (job.status === "running" && job.estimated_finish) timing = ["ETA", clock(job.estimated_finish - Date.now() / 1000)];
@@ -444,7 +456,7 @@
         h("span", { class: "sub", text: (p.total_steps ? `step ${p.step} of ${p.total_steps}` : "not started") + (typeof p.epoch === "number" ? ` · epoch ${p.epoch.toFixed(2)}${typeof epochs === "number" ? " of " + epochs : ""}` : "") })),
       stat(timing[0], timing[1], job.status === "running" ? "remaining" : stamp(job.finished_at || job.created_at)),
       stat("Train loss", fmt(lastLoss), training.length ? `step ${training[training.length - 1].step}` : "no log yet", "loss-stat"),
-      stat(top ? top[0].replace("_", " ") : "Evaluation", top ? fmt(top[1]) : "–", best ? `step ${best.step}${best.step === metrics.best_step ? " (best)" : ""}` : "after the first epoch"),
+      stat(top ? top[0].replace("_", " ") : "Evaluation", top ? fmt(top[1]) : "–", best ? `step ${best.step}${best.step === metrics.result_step ? " (exported)" : best.step === metrics.best_step ? " (best)" : ""}` : "after the first epoch"),
       job.trained_tokens === null || job.trained_tokens === undefined
         ? stat("Throughput", typeof tps === "number" ? fmt(tps, 0) : "–", "tokens/s, newest log")
         : stat("Tokens", fmt(job.trained_tokens), typeof tps === "number" ? `trained; ${fmt(tps, 0)} tokens/s at the end` : "trained"),
@@ -522,7 +534,8 @@
   }
 
   function renderEvalTable(box, metrics) {
-    box.replaceChildren(dataTable(metrics.evaluations || [], ["step", "epoch", "eval_loss"], metrics.best_step));
+    const highlight = typeof metrics.result_step === "number" ? metrics.result_step : metrics.best_step;
+    box.replaceChildren(dataTable(metrics.evaluations || [], ["step", "epoch", "eval_loss"], highlight === null ? undefined : highlight));
   }
 
   function renderTrainTable(box, metrics) {
@@ -550,6 +563,8 @@
       ["Created", stamp(job.created_at)],
       ["Finished", stamp(job.finished_at)],
       ["Fine-tuned model", job.fine_tuned_model || "–"],
+      ["Exported checkpoint", exportedText(job) || "–"],
+      ["Validation rows", typeof job.n_validation === "number" ? String(job.n_validation) : "–"],
     ];
     box.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
   }
