@@ -83,7 +83,7 @@ class TextClassificationTrainer(TaskTrainer):
         # several ranks, multiply the loss by the world size, assuming a loss summed over the
         # items; this head's loss is a per-batch mean, so that doubled the loss (and the
         # gradient) under 2-rank DDP (bench/gpu_check.py's ddp step found it).
-        model.accepts_loss_kwargs = False
+        model.accepts_loss_kwargs = False  # type: ignore[assignment]  # a plain attribute
         return model
 
     def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:

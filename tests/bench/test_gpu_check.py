@@ -100,7 +100,7 @@ def test_dry_run(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=480,
+        timeout=570,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
