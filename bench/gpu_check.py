@@ -153,6 +153,7 @@ def validate_report(report: dict[str, Any]) -> list[str]:
     for key, kind in (
         ("version", int),
         ("mode", str),
+        ("complete", bool),
         ("environment", dict),
         ("steps", list),
         ("summary", dict),
@@ -191,9 +192,10 @@ def validate_report(report: dict[str, Any]) -> list[str]:
 def text_table(report: dict[str, Any]) -> str:
     """One line per step: status, seconds, the main figures, the first failure."""
     env = report["environment"]
+    partial = "" if report["complete"] else " INCOMPLETE (stopped before the end)"
     lines = [
         f"tunery GPU check ({report['mode']}): {env.get('device_name') or 'cpu'}, torch "
-        f"{env.get('torch')}, {report['summary']}",
+        f"{env.get('torch')}, {report['summary']}{partial}",
         f"{'step':<22} {'status':<8} {'s':>6}  figures / failures",
     ]
     for step in report["steps"]:
@@ -1175,34 +1177,44 @@ def run(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     plan = Plan.make(dry_run)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    steps: list[Step] = []
+
+    def write(complete: bool) -> dict[str, Any]:
+        """The report so far: rewritten after every step, so a run stopped by a timeout
+        still leaves what it measured (complete: false)."""
+        summary = dict.fromkeys(STATUSES, 0)
+        for step in steps:
+            summary[step.status] += 1
+        report = {
+            "version": REPORT_VERSION,
+            "mode": "dry-run" if dry_run else "gpu",
+            "complete": complete,
+            "started_at": started_at,
+            "seconds": time.perf_counter() - started,
+            "environment": ctx.env,
+            "plan": asdict(plan),
+            "steps": [asdict(step) for step in steps],
+            "summary": summary,
+        }
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        (out / "gpu_check.txt").write_text(text_table(report) + "\n")
+        return report
+
     with tempfile.TemporaryDirectory(prefix="tunery-gpu-check-") as tmp, ExitStack() as exits:
         ctx = Context(plan, Path(tmp), environment(), peak_tflops)
         prepare(ctx)
         wanted = set(only or STEPS) | {"environment"}
         if any(n.startswith("serve_") for n in wanted):
             wanted.add("serve_start")  # the serving steps run on its stack
-        names = [n for n in STEPS if n in wanted]
-        steps = [run_step(name, ctx, exits) for name in names]
+        for name in [n for n in STEPS if n in wanted]:
+            steps.append(run_step(name, ctx, exits))
+            write(complete=False)
         exits.close()
-    summary = dict.fromkeys(STATUSES, 0)
-    for step in steps:
-        summary[step.status] += 1
-    report = {
-        "version": REPORT_VERSION,
-        "mode": "dry-run" if dry_run else "gpu",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": time.perf_counter() - started,
-        "environment": ctx.env,
-        "plan": asdict(plan),
-        "steps": [asdict(step) for step in steps],
-        "summary": summary,
-    }
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    table = text_table(report)
-    (out / "gpu_check.txt").write_text(table + "\n")
-    print(table, flush=True)
+    report = write(complete=True)
+    print(text_table(report), flush=True)
     return report
 
 

@@ -25,6 +25,7 @@ def _report(*steps: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": 1,
         "mode": "gpu",
+        "complete": True,
         "environment": {"torch": "x", "device_name": "NVIDIA H200"},
         "steps": list(steps),
         "summary": summary,
@@ -64,6 +65,13 @@ def test_malformed_steps_are_named(step: dict[str, Any], problem: str) -> None:
         report["steps"] = [step]
     problems = gpu_check.validate_report(report)
     assert any(problem in p for p in problems), problems
+
+
+def test_an_incomplete_report_says_so() -> None:
+    report = _report(_step("a"))
+    report["complete"] = False
+    assert gpu_check.validate_report(report) == []
+    assert "INCOMPLETE" in gpu_check.text_table(report)
 
 
 def test_the_summary_must_count_the_steps() -> None:
@@ -106,7 +114,7 @@ def test_dry_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert gpu_check.validate_report(report) == []
-    assert report["mode"] == "dry-run"
+    assert report["mode"] == "dry-run" and report["complete"] is True
     statuses = {step["name"]: step["status"] for step in report["steps"]}
     assert list(statuses) == list(gpu_check.STEPS)
     assert statuses.pop("train_qlora") == "skipped"
