@@ -977,6 +977,13 @@ def step_serve_adapter_switching(step: Step, ctx: Context) -> None:
     keys = {spec["key"] for spec in specs}
     shared = [b for b in loaded.get("bases", []) if keys <= set(b["models"])]
     step.check("both adapters on one base", len(shared) == 1, f"{loaded.get('bases')}")
+    # what the cache's memory budget counts (GPU bytes on a GPU)
+    step.figures["base_memory_mib"] = shared[0]["memory_bytes"] / 2**20 if shared else None
+    step.check(
+        "the base's memory is reported",
+        bool(shared and shared[0]["memory_bytes"] > 0),
+        f"{loaded.get('bases')}",
+    )
     ratio = statistics.median(switching) / statistics.median(staying)
     step.figures.update(
         staying_p50_ms=statistics.median(staying) * 1000,
