@@ -153,6 +153,7 @@ def validate_report(report: dict[str, Any]) -> list[str]:
     for key, kind in (
         ("version", int),
         ("mode", str),
+        ("complete", bool),
         ("environment", dict),
         ("steps", list),
         ("summary", dict),
@@ -191,9 +192,10 @@ def validate_report(report: dict[str, Any]) -> list[str]:
 def text_table(report: dict[str, Any]) -> str:
     """One line per step: status, seconds, the main figures, the first failure."""
     env = report["environment"]
+    partial = "" if report["complete"] else " INCOMPLETE (stopped before the end)"
     lines = [
         f"tunery GPU check ({report['mode']}): {env.get('device_name') or 'cpu'}, torch "
-        f"{env.get('torch')}, {report['summary']}",
+        f"{env.get('torch')}, {report['summary']}{partial}",
         f"{'step':<22} {'status':<8} {'s':>6}  figures / failures",
     ]
     for step in report["steps"]:
@@ -279,7 +281,7 @@ class Plan:
                 hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                 num_attention_heads=12,
             ),
-            train_rows=640, batch_size=16, max_seq_length=1024, logging_steps=5,
+            train_rows=1280, batch_size=16, max_seq_length=1024, logging_steps=5,
             stream_clients=32, stream_seconds=10.0, new_tokens=64, walk_steps=40,
         )  # fmt: skip
 
@@ -651,34 +653,52 @@ def step_packing(step: Step, ctx: Context) -> None:
 # --- the trainer as the supervisor starts it ----------------------------------------------------
 
 
-def launch_trainer(
-    ctx: Context, spec: dict[str, Any], processes: int, env: dict[str, str], timeout: float = 300
-) -> TrainResult:
-    """The trainer through the supervisor's launcher (worker/training/launch.py)."""
-    from worker.training.launch import launch
+@dataclass
+class Launch:
+    """One trainer to start through the supervisor's launcher: its spec, ranks and env."""
 
-    out = Path(spec["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    spec_path = out / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    spec: dict[str, Any]
+    processes: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def launch_trainers(*launches: Launch, timeout: float = 420) -> list[TrainResult]:
+    """The trainers through the supervisor's launcher (worker/training/launch.py), all at
+    once (they are independent; most of a small one's time is its start-up)."""
+    from worker.training.launch import TrainerGroup, launch
+
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    child_env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"} | env
+    base_env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    group = launch(spec_path, processes, child_env, out)
-    deadline = time.monotonic() + timeout
+    groups: list[TrainerGroup] = []
+    walls: dict[int, float] = {}
     try:
-        while group.poll() is None:
+        for item in launches:
+            out = Path(item.spec["output_dir"])
+            out.mkdir(parents=True, exist_ok=True)
+            spec_path = out / "spec.json"
+            spec_path.write_text(json.dumps(item.spec))
+            groups.append(launch(spec_path, item.processes, base_env | item.env, out))
+        deadline = time.monotonic() + timeout
+        while len(walls) < len(groups):
+            for i, group in enumerate(groups):
+                if i not in walls and group.poll() is not None:
+                    walls[i] = time.perf_counter() - started
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the trainer ran over {timeout:.0f} s")
+                raise RuntimeError(f"the trainers ran over {timeout:.0f} s")
             time.sleep(0.1)
     finally:
-        group.terminate()
-    wall = time.perf_counter() - started
-    events = [json.loads(line) for line in Path(spec["events_path"]).read_text().splitlines()]
-    if group.returncode != 0:
-        logs = "\n".join(log.read_text(errors="replace")[-1500:] for log in group.logs)
-        raise RuntimeError(f"the trainer exited {group.returncode}: {events[-1:]}\n{logs}")
-    return TrainResult(events, wall, None)
+        for group in groups:
+            group.terminate()
+    results = []
+    for i, (item, group) in enumerate(zip(launches, groups, strict=True)):
+        lines = Path(item.spec["events_path"]).read_text().splitlines()
+        events = [json.loads(line) for line in lines]
+        if group.returncode != 0:
+            logs = "\n".join(log.read_text(errors="replace")[-1500:] for log in group.logs)
+            raise RuntimeError(f"the trainer exited {group.returncode}: {events[-1:]}\n{logs}")
+        results.append(TrainResult(events, walls[i], None))
+    return results
 
 
 def _relative(a: float, b: float) -> float:
@@ -693,8 +713,7 @@ def step_bf16_vs_fp32(step: Step, ctx: Context) -> None:
     )  # fmt: skip
     reference = dict(spec, output_dir=spec["output_dir"] + "-fp32")
     reference["events_path"] = reference["output_dir"] + "/events.jsonl"
-    gpu = launch_trainer(ctx, spec, 1, {})
-    cpu = launch_trainer(ctx, reference, 1, {"CUDA_VISIBLE_DEVICES": ""})
+    gpu, cpu = launch_trainers(Launch(spec), Launch(reference, env={"CUDA_VISIBLE_DEVICES": ""}))
     if not ctx.cuda:
         step.notes.append("dry run: both sides ran fp32 on CPU (the wiring, not bf16)")
     first = min(len(gpu.losses), len(cpu.losses), 4)
@@ -743,8 +762,7 @@ def step_ddp(step: Step, ctx: Context) -> None:
         ctx, "ddp-single", "classification", "tiny-bert", "sentiment", {"type": "full"},
         batch_size=per_rank * ranks, **common,
     )  # fmt: skip
-    many = launch_trainer(ctx, distributed, ranks, env)
-    one = launch_trainer(ctx, single, 1, env)
+    many, one = launch_trainers(Launch(distributed, ranks, env), Launch(single, 1, env))
     steps = (many.of("started")[0]["total_steps"], one.of("started")[0]["total_steps"])
     step.check("same number of steps", steps[0] == steps[1], f"{steps}")
     first = min(len(many.losses), len(one.losses))
@@ -759,8 +777,6 @@ def step_ddp(step: Step, ctx: Context) -> None:
         losses_single=one.losses,
         loss_relative_difference=worst,
         eval_loss_relative_difference=eval_difference,
-        wall_seconds_ranks=many.wall_seconds,
-        wall_seconds_single=one.wall_seconds,
     )
     step.check("losses agree", worst <= tolerance, f"worst relative {worst:.2e} <= {tolerance:g}")
     step.check(
@@ -883,7 +899,8 @@ def step_serve_generation(step: Step, ctx: Context) -> None:
 
     running = _stack(ctx)
     spec = {
-        "key": "gpu-check-llama",
+        # not the API's key for this base ("gpu-check-llama"): one key, one spec
+        "key": "gpu-check:llama-internal",
         "task": "causal-lm",
         "base_model_dir": str(ctx.models["llama"]),
     }
@@ -960,6 +977,13 @@ def step_serve_adapter_switching(step: Step, ctx: Context) -> None:
     keys = {spec["key"] for spec in specs}
     shared = [b for b in loaded.get("bases", []) if keys <= set(b["models"])]
     step.check("both adapters on one base", len(shared) == 1, f"{loaded.get('bases')}")
+    # what the cache's memory budget counts (GPU bytes on a GPU)
+    step.figures["base_memory_mib"] = shared[0]["memory_bytes"] / 2**20 if shared else None
+    step.check(
+        "the base's memory is reported",
+        bool(shared and shared[0]["memory_bytes"] > 0),
+        f"{loaded.get('bases')}",
+    )
     ratio = statistics.median(switching) / statistics.median(staying)
     step.figures.update(
         staying_p50_ms=statistics.median(staying) * 1000,
@@ -978,7 +1002,7 @@ def _gpu_used_bytes() -> int | None:
         return None
 
 
-def _job_body(ctx: Context, file_id: str, steps_rows: int, training_type: str) -> dict[str, Any]:
+def _job_body(ctx: Context, file_id: str, epochs: int, training_type: str) -> dict[str, Any]:
     return {
         "model": "gpu-check-llama",
         "training_file": file_id,
@@ -988,7 +1012,7 @@ def _job_body(ctx: Context, file_id: str, steps_rows: int, training_type: str) -
             "type": "supervised",
             "supervised": {
                 "hyperparameters": {
-                    "n_epochs": 1,
+                    "n_epochs": epochs,
                     "batch_size": ctx.plan.batch_size,
                     "learning_rate": 1e-4,
                     "max_seq_length": ctx.plan.max_seq_length,
@@ -1025,7 +1049,7 @@ def step_serve_walk(step: Step, ctx: Context) -> None:
         step.check("upload processed", upload.json().get("status") == "processed", upload.text)
         file_id = upload.json()["id"]
         started = time.perf_counter()
-        created = client.post("/v1/fine_tuning/jobs", json=_job_body(ctx, file_id, 0, "lora"))
+        created = client.post("/v1/fine_tuning/jobs", json=_job_body(ctx, file_id, 1, "lora"))
         if not step.check("job created", created.status_code == 200, created.text[:300]):
             return
         job_path = f"/v1/fine_tuning/jobs/{created.json()['id']}"
@@ -1042,7 +1066,8 @@ def step_serve_walk(step: Step, ctx: Context) -> None:
         step.check("deployment predicts", answer.status_code == 200, answer.text[:300])
 
         before = _gpu_used_bytes()
-        created = client.post("/v1/fine_tuning/jobs", json=_job_body(ctx, file_id, 0, "full"))
+        # many epochs: it must still be training when the cancel comes
+        created = client.post("/v1/fine_tuning/jobs", json=_job_body(ctx, file_id, 50, "full"))
         job_path = f"/v1/fine_tuning/jobs/{created.json()['id']}"
         _wait(client, job_path, lambda b: bool((b.get("progress") or {}).get("step")), 240)
         during = _gpu_used_bytes()
@@ -1159,34 +1184,44 @@ def run(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     plan = Plan.make(dry_run)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    steps: list[Step] = []
+
+    def write(complete: bool) -> dict[str, Any]:
+        """The report so far: rewritten after every step, so a run stopped by a timeout
+        still leaves what it measured (complete: false)."""
+        summary = dict.fromkeys(STATUSES, 0)
+        for step in steps:
+            summary[step.status] += 1
+        report = {
+            "version": REPORT_VERSION,
+            "mode": "dry-run" if dry_run else "gpu",
+            "complete": complete,
+            "started_at": started_at,
+            "seconds": time.perf_counter() - started,
+            "environment": ctx.env,
+            "plan": asdict(plan),
+            "steps": [asdict(step) for step in steps],
+            "summary": summary,
+        }
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        (out / "gpu_check.txt").write_text(text_table(report) + "\n")
+        return report
+
     with tempfile.TemporaryDirectory(prefix="tunery-gpu-check-") as tmp, ExitStack() as exits:
         ctx = Context(plan, Path(tmp), environment(), peak_tflops)
         prepare(ctx)
         wanted = set(only or STEPS) | {"environment"}
         if any(n.startswith("serve_") for n in wanted):
             wanted.add("serve_start")  # the serving steps run on its stack
-        names = [n for n in STEPS if n in wanted]
-        steps = [run_step(name, ctx, exits) for name in names]
+        for name in [n for n in STEPS if n in wanted]:
+            steps.append(run_step(name, ctx, exits))
+            write(complete=False)
         exits.close()
-    summary = dict.fromkeys(STATUSES, 0)
-    for step in steps:
-        summary[step.status] += 1
-    report = {
-        "version": REPORT_VERSION,
-        "mode": "dry-run" if dry_run else "gpu",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": time.perf_counter() - started,
-        "environment": ctx.env,
-        "plan": asdict(plan),
-        "steps": [asdict(step) for step in steps],
-        "summary": summary,
-    }
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    table = text_table(report)
-    (out / "gpu_check.txt").write_text(table + "\n")
-    print(table, flush=True)
+    report = write(complete=True)
+    print(text_table(report), flush=True)
     return report
 
 

@@ -28,7 +28,7 @@ from worker.training.plugin import SAFE_LOAD, ComputeMetrics, PreprocessLogits, 
 
 class TextClassificationTrainer(TaskTrainer):
     plugin = TASK
-    peft_task_type: TaskType | None = TaskType.SEQ_CLS
+    peft_task_type = TaskType.SEQ_CLS
     stratify_by = "label"
 
     def check_base_model(self, config: PretrainedConfig, base_dir: Path) -> None:
@@ -83,7 +83,7 @@ class TextClassificationTrainer(TaskTrainer):
         # several ranks, multiply the loss by the world size, assuming a loss summed over the
         # items; this head's loss is a per-batch mean, so that doubled the loss (and the
         # gradient) under 2-rank DDP (bench/gpu_check.py's ddp step found it).
-        model.accepts_loss_kwargs = False  # type: ignore[assignment]  # nn.Module typing
+        model.accepts_loss_kwargs = False  # type: ignore[assignment]  # a plain attribute
         return model
 
     def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
