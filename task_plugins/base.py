@@ -148,6 +148,8 @@ class ExportInfo:
     pipeline_tag: str
     # whether tunery.json (and the loading code) carry the label names
     labels: bool = False
+    # the transformers class that loads the inputs' processor saved with the model
+    processor_class: str = "AutoTokenizer"
 
 
 @dataclass(frozen=True)

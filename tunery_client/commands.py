@@ -184,6 +184,14 @@ def register(sub: Any) -> None:
         help="a deployment id, or a model name (its deployment, else loaded just in time)",
     )
     predict.add_argument("text", nargs="*", help="inputs; none or '-' reads lines from stdin")
+    for kind in ("image", "audio"):
+        predict.add_argument(
+            f"--{kind}",
+            action="append",
+            default=[],
+            metavar="FILE",
+            help=f"an {kind} file to classify (an {kind}-classification model); repeatable",
+        )
     predict.add_argument(
         "--param",
         "-p",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import sys
@@ -318,14 +319,38 @@ def _deployment_id(client: Client, name: str) -> str | None:
     return None
 
 
+def _media_inputs(args: argparse.Namespace) -> tuple[list[str], list[dict[str, str]]]:
+    """(the paths, the {"image"|"audio": base64} items) of --image and --audio."""
+    names: list[str] = []
+    items: list[dict[str, str]] = []
+    for kind in ("image", "audio"):
+        for name in getattr(args, kind, None) or []:
+            try:
+                data = Path(name).read_bytes()
+            except OSError as exc:
+                raise ClientError(f"Cannot read --{kind} {name}: {exc.strerror or exc}") from exc
+            names.append(name)
+            items.append({kind: base64.b64encode(data).decode("ascii")})
+    return names, items
+
+
 def predict(client: Client, args: argparse.Namespace) -> int:
     texts = list(args.text)
-    if texts == ["-"] or (not texts and not sys.stdin.isatty()):
+    names, media = _media_inputs(args)
+    if media and texts:
+        raise ClientError("Give text inputs or --image/--audio files, not both.")
+    if not media and (texts == ["-"] or (not texts and not sys.stdin.isatty())):
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts:
-        raise ClientError('Give the text to predict on: tunery predict DEPLOYMENT "text" ...')
+    if not texts and not media:
+        raise ClientError(
+            'Give the text to predict on: tunery predict DEPLOYMENT "text" ... '
+            "(or --image FILE / --audio FILE for an image or audio model)"
+        )
     parameters = parse_pairs(args.param, "--param")
-    body: dict[str, Any] = {"inputs": texts, "parameters": parameters}
+    inputs: list[Any] = list(media) if media else list(texts)
+    if media:
+        texts = names
+    body: dict[str, Any] = {"inputs": inputs, "parameters": parameters}
     dep_id = _deployment_id(client, args.deployment)
     if dep_id is not None:
         path = f"/v1/deployments/{dep_id}/predict"

@@ -128,7 +128,8 @@ def _loading_code(tuned: FineTunedModelRow, adapter: bool, base_path: str | None
     export = task_plugins.get(tuned.task).export
     auto = export.auto_class
     base = base_path or tuned.base_model
-    code = [f"from transformers import {auto}, AutoTokenizer"]
+    processor = export.processor_class
+    code = [f"from transformers import {auto}, {processor}"]
     if adapter:
         code += [
             "from peft import PeftModel",
@@ -142,14 +143,19 @@ def _loading_code(tuned: FineTunedModelRow, adapter: bool, base_path: str | None
                 f"base = {auto}.from_pretrained(",
                 f"    {base!r}, num_labels=len(labels),",
                 "    id2label=dict(enumerate(labels)),",
-                "    label2id={l: i for i, l in enumerate(labels)})",
+                "    label2id={l: i for i, l in enumerate(labels)}"
+                # a base with a head of another size (an ImageNet ResNet) gets a new one
+                + (", ignore_mismatched_sizes=True)" if processor != "AutoTokenizer" else ")"),
             ]
         else:
             code.append(f"base = {auto}.from_pretrained({base!r})")
         code.append("model = PeftModel.from_pretrained(base, '.')")
     else:
         code.append(f"model = {auto}.from_pretrained('.')")
-    code.append("tokenizer = AutoTokenizer.from_pretrained('.')")
+    if processor == "AutoTokenizer":
+        code.append("tokenizer = AutoTokenizer.from_pretrained('.')")
+    else:
+        code.append(f"processor = {processor}.from_pretrained('.')")
     return code
 
 

@@ -34,6 +34,7 @@ TASK = TaskPlugin(
         auto_class="AutoModelForAudioClassification",
         pipeline_tag="audio-classification",
         labels=True,
+        processor_class="AutoFeatureExtractor",
     ),
     file_kinds=(AUDIO_ARCHIVE,),
 )

@@ -58,6 +58,7 @@ TASK = TaskPlugin(
         auto_class="AutoModelForImageClassification",
         pipeline_tag="image-classification",
         labels=True,
+        processor_class="AutoImageProcessor",
     ),
     file_kinds=(IMAGE_ARCHIVE,),
 )

@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from app.cli import build_parser
 from tests.e2e.test_walk import deploy, run_job, upload
 from tests.support import backends, live
 from tests.support.media import digit_images, folder_zip, metadata_zip, tones
 from tests.support.models import build_tiny_vit, build_tiny_wav2vec2
+from tunery_client.api import Client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -55,10 +57,23 @@ def _download_adapter(client: httpx.Client, name: str, target: Path) -> Path:
     (adapter_dir,) = list(target.iterdir())
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     assert (adapter_dir / "preprocessor_config.json").is_file()
+    readme = (adapter_dir / "README.md").read_text()
+    assert "AutoImageProcessor" in readme or "AutoFeatureExtractor" in readme
     return adapter_dir
 
 
-def test_image_walk(server: live.LiveServer, tmp_path: Path, media_models: Path) -> None:
+def _cli(client: httpx.Client, *argv: str) -> int:
+    """`tunery ARGV` in-process, against the live server."""
+    args = build_parser().parse_args(list(argv))
+    return int(args.handler(Client(api_key="", http=client), args))
+
+
+def test_image_walk(
+    server: live.LiveServer,
+    tmp_path: Path,
+    media_models: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     pictures = digit_images(per_class=12, classes=range(3))
     archive = folder_zip(tmp_path / "digits.zip", pictures, top="digits/")
     with server.client() as client:
@@ -117,6 +132,13 @@ def test_image_walk(server: live.LiveServer, tmp_path: Path, media_models: Path)
         wrong_kind = client.post(f"/v1/deployments/{dep}/predict", json={"inputs": ["a text"]})
         assert wrong_kind.status_code == 400, wrong_kind.text
         assert "inputs[0]" in wrong_kind.json()["error"]["message"]
+
+        picture = tmp_path / "zero.png"
+        picture.write_bytes(samples[0])
+        assert _cli(client, "predict", dep, "--image", str(picture)) == 0
+        label, score, shown = capsys.readouterr().out.strip().split("\t")
+        assert (label, shown) == (served[0]["label"], str(picture))
+        assert float(score) == pytest.approx(served[0]["score"], abs=1e-3)
 
         adapter_dir = _download_adapter(client, name, tmp_path / "export")
     _check_image_adapter(media_models / "tiny-vit", adapter_dir, samples, served)

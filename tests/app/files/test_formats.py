@@ -136,6 +136,8 @@ def test_formats_by_task() -> None:
     assert {
         "classification": {"classification"},
         "causal-lm": {"prompt-completion", "chat"},
+        "image-classification": {"image-classification"},
+        "audio-classification": {"audio-classification"},
     } == {task.name: set(task.formats_for()) for task in task_plugins.TASKS}
 
 

@@ -1,0 +1,61 @@
+"""Zip uploads through POST /v1/files: the report, and hostile archives refused with a 400
+that leaves nothing stored."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+from tests.app.conftest import Api, upload_text
+from tests.support.media import digit_images, folder_zip
+
+
+def _stored_files(api: Api) -> list[Path]:
+    root = api.settings.data_dir
+    return [path for path in root.rglob("*") if path.is_file() and "files" in path.parts]
+
+
+def test_an_image_zip_is_reported_per_class(api: Api, tmp_path: Path) -> None:
+    archive = folder_zip(tmp_path / "d.zip", digit_images(5, (4, 7)))
+    file = upload_text(api, "d.zip", archive.read_bytes())
+    assert file["status"] == "processed", file
+    assert file["format"] == "image-classification"
+    assert file["stats"]["labels"] == {"4": 5, "7": 5}
+    assert file["stats"]["image_sizes"]["4"] == {
+        "min_width": 32.0,
+        "max_width": 32.0,
+        "min_height": 32.0,
+        "max_height": 32.0,
+    }
+    listed = api.client.get("/v1/files").json()["data"]
+    assert [f["format"] for f in listed] == ["image-classification"]
+
+
+def test_problems_are_listed_by_path(api: Api, tmp_path: Path) -> None:
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for index, data in enumerate(digit_images(10, (1,))["1"]):
+            out.writestr(f"one/{index}.png", data)
+        out.writestr("one/broken.jpg", b"\xff\xd8\xff garbage")
+    file = upload_text(api, "bad.zip", archive.read_bytes())
+    assert file["status"] == "error"
+    assert file["errors"][0]["path"] == "one/broken.jpg"
+    assert file["status_details"].startswith("one/broken.jpg: unreadable or corrupt image")
+
+
+def test_a_hostile_archive_is_refused_and_nothing_is_left(api: Api, tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("cats/1.png", b"x")
+        out.writestr(zipfile.ZipInfo("cats/../../../etc/cron.d/x.png"), b"x")
+    response = api.client.post(
+        "/v1/files",
+        files={"file": ("evil.zip", archive.read_bytes())},
+        data={"purpose": "fine-tune"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_archive" and error["param"] == "file"
+    assert error["message"].startswith("evil.zip: 'cats/../../../etc/cron.d/x.png' climbs out")
+    assert _stored_files(api) == []
+    assert api.client.get("/v1/files").json()["data"] == []
