@@ -176,6 +176,27 @@ def test_a_template_that_refuses_tool_messages_is_refused(
     check_tool_template(tokenizer, [row(openai_examples.TOOL_CALL)], "base")
 
 
+def test_a_row_the_template_refuses_fails_the_job_naming_the_reason(tiny_llama: Path) -> None:
+    # Mistral's templates want call ids of nine letters and digits; OpenAI's docs use "call_id"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% for call in message.get('tool_calls') or [] %}"
+        "{% if call['id'] | length != 9 %}"
+        "{{ raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}"
+        "{% endif %}{% endfor %}{% endfor %}" + TOOL_CHAT_TEMPLATE
+    )
+    rows = [row(openai_examples.TOOL_CALL)]
+    check_tool_template(tokenizer, rows, "mistral-like")  # the probe's id has nine
+    with pytest.raises(Failure) as failure:
+        encode_causal(rows, tokenizer, max_length=512)
+    assert failure.value.code == "unsupported_chat_template"
+    assert failure.value.param == "training_file"
+    assert failure.value.message.startswith(
+        "the base model's chat template refuses chat 1 of 1 (after the split into training and "
+        "validation rows): Tool call IDs should be alphanumeric strings with length 9!"
+    )
+
+
 def test_exact_match_skips_tool_chats_and_weight_zero_references() -> None:
     from task_plugins.causal_lm.scoring import _prompted
 
