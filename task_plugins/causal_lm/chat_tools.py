@@ -251,29 +251,35 @@ class CallLedger:
 
 
 def normalize_tool_row(row: Row) -> Row:
-    """The row as transformers' chat templates take it (see the module's docstring)."""
+    """The row as transformers' chat templates take it (see the module's docstring).
+
+    A legacy `function_call` gets the id `callNNNNN` (the row's Nth; nine letters and digits,
+    as Mistral's templates want) and the `function` message after it that id as its
+    `tool_call_id`, so that templates which pair calls and results by id render them."""
     messages: list[dict[str, Any]] = []
     names: dict[str, str] = {}
-    last_function = ""
+    legacy_calls = 0
     for message in row["messages"]:
         role = message["role"]
         out: dict[str, Any] = {"role": _ROLE_AS.get(role, role)}
         content = message.get("content")
         out["content"] = content if isinstance(content, str) else ""
         if role == "assistant":
-            calls = _calls(message)
+            if "function_call" in message:
+                legacy_calls += 1
+            calls = _calls(message, f"call{legacy_calls:05d}")
             if calls:
                 out["tool_calls"] = calls
                 for call in calls:
-                    names[call.get("id", "")] = call["function"]["name"]
-                last_function = calls[-1]["function"]["name"]
+                    names[call["id"]] = call["function"]["name"]
             if message.get("weight") == 0:
                 out["weight"] = 0
         elif role == "tool":
             out["tool_call_id"] = message["tool_call_id"]
             out["name"] = names.get(message["tool_call_id"], "")
         elif role == "function":
-            out["name"] = message.get("name") or last_function
+            out["tool_call_id"] = f"call{legacy_calls:05d}"
+            out["name"] = message["name"]
         messages.append(out)
     normalized: Row = {"messages": messages}
     if "tools" in row:
@@ -283,11 +289,12 @@ def normalize_tool_row(row: Row) -> Row:
     return normalized
 
 
-def _calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _calls(message: dict[str, Any], legacy_id: str) -> list[dict[str, Any]]:
     if "function_call" in message:
         function = message["function_call"]
         return [
             {
+                "id": legacy_id,
                 "type": "function",
                 "function": {
                     "name": function["name"],

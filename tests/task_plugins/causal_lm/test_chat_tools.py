@@ -88,9 +88,12 @@ def test_openai_docs_examples_are_accepted_unmodified(tmp_path: Path) -> None:
         "location": "San Francisco, USA",
         "format": "celsius",
     }
+    # ... the legacy call gets an id (nine letters and digits) its answer refers to
+    assert function_call["messages"][1]["tool_calls"][0]["id"] == "call00001"
     assert function_response["messages"][2] == {
         "role": "tool",
         "content": "21.0",
+        "tool_call_id": "call00001",
         "name": "get_current_weather",
     }
     # weight 0 is kept for the trainer; weight 1 is the default and dropped
