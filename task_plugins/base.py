@@ -9,7 +9,7 @@ child, the evaluation child, the inference server), through `load_hook`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +53,8 @@ class RowFormat:
     extra_keys_problem: Callable[[set[str]], str | None] | None = None
     # keys a row may have besides `columns` (`check` checks them; they do not detect the format)
     optional_keys: frozenset[str] = frozenset()
+    # names of what a valid row uses (e.g. "tool_calls"), counted in the file's stats["features"]
+    features: Callable[[Row], Iterable[str]] | None = None
 
     @property
     def keys(self) -> frozenset[str]:
@@ -159,6 +161,9 @@ class TaskPlugin:
     predictor: PredictorHook
     export: ExportInfo
     file_kinds: tuple[FileKind, ...] = ()
+    # torch-free, at job creation: the problem of training the base model in this folder on a
+    # file with these stats (e.g. its "features"), or None; the API refuses the job with it
+    check_base: Callable[[Path, Mapping[str, Any]], str | None] | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:

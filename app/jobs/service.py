@@ -53,6 +53,16 @@ def _base_model(models_dir: Path, model_id: str) -> BaseModel:
     return model
 
 
+def _check_base_for(base: BaseModel, file: FileRow) -> None:
+    """The task's own check of the base for this file (e.g. a chat template that cannot
+    render the file's tool calls)."""
+    check = task_plugins.get(base.task).check_base
+    problem = check(base.path, file.stats or {}) if check is not None else None
+    if problem:
+        message = f"{problem[:1].upper()}{problem[1:]}."
+        raise APIError(400, message, param="model", code="unsupported_chat_template")
+
+
 def _checked_file(
     session: Session, file_id: str, param: str, task: str, project_id: str
 ) -> FileRow:
@@ -184,8 +194,12 @@ def create_job(
 ) -> JobRow:
     base = _base_model(models_dir, request.model)
     train = _checked_file(session, request.training_file, "training_file", base.task, project_id)
+    _check_base_for(base, train)
     if request.validation_file is not None:
-        _checked_file(session, request.validation_file, "validation_file", base.task, project_id)
+        validation = _checked_file(
+            session, request.validation_file, "validation_file", base.task, project_id
+        )
+        _check_base_for(base, validation)
 
     source: JobCheckpointRow | None = None
     if request.from_checkpoint is not None:

@@ -13,6 +13,7 @@ from task_plugins.causal_lm.formats import (
     PROMPT_COMPLETION,
     PROMPT_COMPLETION_ROWS,
 )
+from task_plugins.causal_lm.template_file import tool_support_problem
 
 # config.json model_type values of decoders (they generate text).
 DECODER_TYPES = frozenset({
@@ -73,4 +74,5 @@ TASK = TaskPlugin(
         streams=True,
     ),
     export=ExportInfo(auto_class="AutoModelForCausalLM", pipeline_tag="text-generation"),
+    check_base=tool_support_problem,
 )

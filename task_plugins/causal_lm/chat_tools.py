@@ -334,3 +334,19 @@ def tool_chars(row: Row) -> int:
         if isinstance(function, dict):
             chars += len(str(function.get("name", ""))) + len(str(function.get("arguments", "")))
     return chars
+
+
+def row_features(row: Row) -> set[str]:
+    """What a valid (raw) row uses, for the file's stats["features"]: "tools" (a non-empty
+    tools or functions list), "tool_calls", "tool_results", "weight_0"."""
+    found: set[str] = set()
+    if row.get("tools") or row.get("functions"):
+        found.add("tools")
+    for message in row["messages"]:
+        if message.get("tool_calls") or message.get("function_call"):
+            found.add("tool_calls")
+        if message["role"] in TOOL_ROLES:
+            found.add("tool_results")
+        if message.get("weight") == 0:
+            found.add("weight_0")
+    return found

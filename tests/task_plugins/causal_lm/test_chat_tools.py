@@ -55,6 +55,13 @@ def test_openai_docs_examples_are_accepted_unmodified(tmp_path: Path) -> None:
     assert report.ok, report.errors
     assert report.format == "chat"
     assert report.stats["rows"] == len(openai_examples.ALL_LINES)
+    # what the rows use, for the check of the base's template at job creation
+    assert report.stats["features"] == {
+        "tool_calls": 4,
+        "tool_results": 2,
+        "tools": 2,  # the answers' rows have "tools": [] / "functions": []
+        "weight_0": 3,
+    }
     fmt, rows = read_examples(path, "train.jsonl")
     assert fmt == "chat"
     tool_call, tool_response, function_call, function_response, weighted, *_ = rows
