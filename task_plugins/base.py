@@ -161,8 +161,9 @@ class TaskPlugin:
     predictor: PredictorHook
     export: ExportInfo
     file_kinds: tuple[FileKind, ...] = ()
-    # torch-free, at job creation: the problem of training the base model in this folder on a
-    # file with these stats (e.g. its "features"), or None; the API refuses the job with it
+    # torch-free, at job creation: why the base model in this folder cannot render a file with
+    # these stats (e.g. its "features": a chat template without tools), or None; the API
+    # refuses the job with it (400, param model, code unsupported_chat_template)
     check_base: Callable[[Path, Mapping[str, Any]], str | None] | None = None
 
     @property
