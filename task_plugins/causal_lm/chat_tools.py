@@ -217,7 +217,7 @@ class CallLedger:
                     f"{where} (role 'function') answers no function_call: put it right after "
                     "the assistant message whose function_call it answers"
                 )
-            self.open = []
+            self.open, self.open_function = [], False
             return None
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:

@@ -262,6 +262,18 @@ def test_tool_rows_count_their_definitions_and_calls_in_the_size_estimate(
             },
             "messages[2] (role 'function') needs 'name'",
         ),
+        (
+            {
+                "messages": [
+                    USER,
+                    {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+                    {"role": "function", "name": "f", "content": "1"},
+                    {"role": "function", "name": "f", "content": "2"},
+                    FINAL,
+                ]
+            },
+            "messages[3] (role 'function') answers no function_call",
+        ),
         # weights
         (
             {"messages": [USER, {**FINAL, "weight": 0.5}]},
