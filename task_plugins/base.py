@@ -9,7 +9,7 @@ child, the evaluation child, the inference server), through `load_hook`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +55,8 @@ class RowFormat:
     extra_keys_problem: Callable[[set[str]], str | None] | None = None
     # keys a row may have besides `columns` (`check` checks them; they do not detect the format)
     optional_keys: frozenset[str] = frozenset()
+    # names of what a valid row uses (e.g. "tool_calls"), counted in the file's stats["features"]
+    features: Callable[[Row], Iterable[str]] | None = None
 
     @property
     def keys(self) -> frozenset[str]:
@@ -182,6 +184,10 @@ class TaskPlugin:
     file_kinds: tuple[FileKind, ...] = ()
     # per method other than supervised, per training type (DPO steps more gently)
     method_learning_rates: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # torch-free, at job creation: why the base model in this folder cannot render a file with
+    # these stats (e.g. its "features": a chat template without tools), or None; the API
+    # refuses the job with it (400, param model, code unsupported_chat_template)
+    check_base: Callable[[Path, Mapping[str, Any]], str | None] | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -67,6 +67,7 @@ class _Scan:
     n_errors: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
     labels: Counter[str] = field(default_factory=Counter)
+    features: Counter[str] = field(default_factory=Counter)
     max_chars: int = 0
     total_chars: int = 0
     rejected_rows: int = 0
@@ -134,6 +135,8 @@ def inspect_file(
     }
     if scan.row_format is not None and scan.row_format.label_key is not None:
         stats["labels"] = dict(sorted(scan.labels.items()))
+    if scan.row_format is not None and scan.row_format.features is not None:
+        stats["features"] = dict(sorted(scan.features.items()))
     ok = not scan.errors and scan.n_rows >= 1
     details = None if ok else _summary(scan.errors, scan.n_errors)
     return FileReport(scan.format, stats, scan.errors, ok, details)
@@ -219,6 +222,8 @@ def _scan(
                 scan.n_long += 1
                 if len(scan.long_lines) < MAX_LONG_LINES:
                     scan.long_lines.append(line)
+            if row_format.features is not None:
+                scan.features.update(set(row_format.features(row)))
             row = row_format.normalize(row)
             if row_format.label_key is not None:
                 scan.labels[row[row_format.label_key]] += 1

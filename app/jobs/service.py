@@ -60,6 +60,18 @@ def _base_model(models_dir: Path, model_id: str) -> BaseModel:
     return model
 
 
+def _check_base_for(base: BaseModel, file: FileRow) -> None:
+    """The task's own check of the base for this file (e.g. a chat template that cannot
+    render the file's tool calls)."""
+    check = task_plugins.get(base.task).check_base
+    if check is None or not base.path.is_dir():
+        return  # a base the worker still has to pull is checked when its job starts
+    problem = check(base.path, file.stats or {})
+    if problem:
+        message = f"{problem[:1].upper()}{problem[1:]}."
+        raise APIError(400, message, param="model", code="unsupported_chat_template")
+
+
 def _checked_file(
     session: Session,
     file_id: str,
@@ -247,10 +259,12 @@ def create_job(
     train = _checked_file(
         session, request.training_file, "training_file", base.task, project_id, method
     )
+    _check_base_for(base, train)
     if request.validation_file is not None:
-        _checked_file(
+        validation = _checked_file(
             session, request.validation_file, "validation_file", base.task, project_id, method
         )
+        _check_base_for(base, validation)
 
     source: JobCheckpointRow | None = None
     if request.from_checkpoint is not None:

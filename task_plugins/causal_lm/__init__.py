@@ -18,6 +18,7 @@ from task_plugins.causal_lm.preference import (
     PREFERENCE,
     TRL_PREFERENCE_ROWS,
 )
+from task_plugins.causal_lm.template_file import tool_support_problem
 
 # config.json model_type values of decoders (they generate text).
 DECODER_TYPES = frozenset({
@@ -94,4 +95,5 @@ TASK = TaskPlugin(
         streams=True,
     ),
     export=ExportInfo(auto_class="AutoModelForCausalLM", pipeline_tag="text-generation"),
+    check_base=tool_support_problem,
 )

@@ -22,6 +22,8 @@ from task_plugins.causal_lm.chat_tools import has_tools
 _TOOL = "tunery_probe_tool"
 _ARGUMENT = "tunery_probe_argument"
 _RESULT = "tunery_probe_result"
+# nine letters and digits: what Mistral's templates require of a call id
+_CALL_ID = "call00001"
 _PROBE_TOOL = {
     "type": "function",
     "function": {
@@ -36,13 +38,13 @@ _CALL = {
     "content": "",
     "tool_calls": [
         {
-            "id": "call0probe",
+            "id": _CALL_ID,
             "type": "function",
             "function": {"name": _TOOL, "arguments": {"q": _ARGUMENT}},
         }
     ],
 }
-_ANSWER = {"role": "tool", "tool_call_id": "call0probe", "name": _TOOL, "content": _RESULT}
+_ANSWER = {"role": "tool", "tool_call_id": _CALL_ID, "name": _TOOL, "content": _RESULT}
 
 
 def render_chat(

@@ -217,7 +217,7 @@ class CallLedger:
                     f"{where} (role 'function') answers no function_call: put it right after "
                     "the assistant message whose function_call it answers"
                 )
-            self.open = []
+            self.open, self.open_function = [], False
             return None
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
@@ -251,29 +251,35 @@ class CallLedger:
 
 
 def normalize_tool_row(row: Row) -> Row:
-    """The row as transformers' chat templates take it (see the module's docstring)."""
+    """The row as transformers' chat templates take it (see the module's docstring).
+
+    A legacy `function_call` gets the id `callNNNNN` (the row's Nth; nine letters and digits,
+    as Mistral's templates want) and the `function` message after it that id as its
+    `tool_call_id`, so that templates which pair calls and results by id render them."""
     messages: list[dict[str, Any]] = []
     names: dict[str, str] = {}
-    last_function = ""
+    legacy_calls = 0
     for message in row["messages"]:
         role = message["role"]
         out: dict[str, Any] = {"role": _ROLE_AS.get(role, role)}
         content = message.get("content")
         out["content"] = content if isinstance(content, str) else ""
         if role == "assistant":
-            calls = _calls(message)
+            if "function_call" in message:
+                legacy_calls += 1
+            calls = _calls(message, f"call{legacy_calls:05d}")
             if calls:
                 out["tool_calls"] = calls
                 for call in calls:
-                    names[call.get("id", "")] = call["function"]["name"]
-                last_function = calls[-1]["function"]["name"]
+                    names[call["id"]] = call["function"]["name"]
             if message.get("weight") == 0:
                 out["weight"] = 0
         elif role == "tool":
             out["tool_call_id"] = message["tool_call_id"]
             out["name"] = names.get(message["tool_call_id"], "")
         elif role == "function":
-            out["name"] = message.get("name") or last_function
+            out["tool_call_id"] = f"call{legacy_calls:05d}"
+            out["name"] = message["name"]
         messages.append(out)
     normalized: Row = {"messages": messages}
     if "tools" in row:
@@ -283,11 +289,12 @@ def normalize_tool_row(row: Row) -> Row:
     return normalized
 
 
-def _calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _calls(message: dict[str, Any], legacy_id: str) -> list[dict[str, Any]]:
     if "function_call" in message:
         function = message["function_call"]
         return [
             {
+                "id": legacy_id,
                 "type": "function",
                 "function": {
                     "name": function["name"],
@@ -327,3 +334,19 @@ def tool_chars(row: Row) -> int:
         if isinstance(function, dict):
             chars += len(str(function.get("name", ""))) + len(str(function.get("arguments", "")))
     return chars
+
+
+def row_features(row: Row) -> set[str]:
+    """What a valid (raw) row uses, for the file's stats["features"]: "tools" (a non-empty
+    tools or functions list), "tool_calls", "tool_results", "weight_0"."""
+    found: set[str] = set()
+    if row.get("tools") or row.get("functions"):
+        found.add("tools")
+    for message in row["messages"]:
+        if message.get("tool_calls") or message.get("function_call"):
+            found.add("tool_calls")
+        if message["role"] in TOOL_ROLES:
+            found.add("tool_results")
+        if message.get("weight") == 0:
+            found.add("weight_0")
+    return found

@@ -16,6 +16,7 @@ from task_plugins.causal_lm.chat_tools import (
     check_row_tools,
     check_tool_calls,
     normalize_tool_row,
+    row_features,
     tool_chars,
 )
 from task_plugins.rows import check_text, json_type
@@ -160,4 +161,5 @@ CHAT_ROWS = RowFormat(
     token_overhead=lambda row: TOKENS_PER_MESSAGE * len(row["messages"]),
     csv=False,
     optional_keys=frozenset(TOOL_ROW_KEYS),
+    features=row_features,
 )

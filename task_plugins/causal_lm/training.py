@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from peft import TaskType
 from torch import nn
 from transformers import (
@@ -162,11 +163,20 @@ def encode_causal(
     Assistant messages of weight 0 never have a loss.
     """
     encoded = Encoded([])
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         if "messages" in row:
-            input_ids, labels = _chat_tokens(
-                row["messages"], tokenizer, row.get("tools"), train_on_inputs
-            )
+            try:
+                input_ids, labels = _chat_tokens(
+                    row["messages"], tokenizer, row.get("tools"), train_on_inputs
+                )
+            except TemplateError as exc:
+                raise Failure(
+                    "unsupported_chat_template",
+                    f"the base model's chat template refuses chat {number} of {len(rows)} "
+                    f"(after the split into training and validation rows): {exc}. Change the "
+                    "row to what the template accepts, or choose another base model",
+                    "training_file",
+                ) from exc
         else:
             input_ids, labels = _prompt_completion_tokens(row, tokenizer)
             if train_on_inputs:

@@ -1,8 +1,8 @@
 """A migrating team's dataset, through the `openai` SDK against live servers: the examples of
 OpenAI's fine-tuning guide (tools, the older functions, tool answers, multi-turn weights)
 upload and train unmodified on a base whose chat template takes tools; on a base whose
-template does not, the job fails at start saying so; a broken tool call is refused at
-upload with its line.
+template does not, the job is refused when it is created, saying so; a broken tool call is
+refused at upload with its line.
 
 Runs embedded (`tunery serve`) and, where reachable, on Postgres + Redis.
 """
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import openai
 import pytest
 from openai import OpenAI
 from openai.types.fine_tuning.job_create_params import Method
@@ -87,16 +88,11 @@ def test_openai_docs_tool_dataset_trains_unmodified(
     )
     assert answer.choices[0].finish_reason in ("stop", "length")
 
-    # the same file on a base whose template ignores tools: the job fails at start
-    refused = sdk.fine_tuning.jobs.create(
-        model="tiny-llama", training_file=uploaded.id, method=METHOD
-    )
-    refused = wait_for_job(sdk, refused.id)
-    assert refused.status == "failed"
-    assert refused.error is not None
-    assert refused.error.code == "unsupported_chat_template", refused.error
-    assert refused.error.param == "model"
-    assert "chat template of tiny-llama leaves out the tool definitions" in refused.error.message
+    # the same file on a base whose template has no tools: refused when the job is created
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.fine_tuning.jobs.create(model="tiny-llama", training_file=uploaded.id, method=METHOD)
+    assert refused.value.param == "model" and refused.value.code == "unsupported_chat_template"
+    assert "but tiny-llama never renders the tool definitions" in refused.value.message
 
     # a tool call whose arguments are an object, not a JSON string: refused with its line
     rows = [json.loads(line) for line in openai_examples.training_file().splitlines()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 
+import openai
 import pytest
 
 from app.jobs import listing
@@ -20,14 +21,25 @@ def upload(sdk: Sdk, data: str, name: str = "train.jsonl") -> str:
     return uploaded.id
 
 
-def test_the_openai_docs_dataset_uploads_unmodified_and_makes_a_job(sdk: Sdk) -> None:
+def test_the_openai_docs_dataset_uploads_unmodified_and_needs_a_tool_template(sdk: Sdk) -> None:
     file_id = upload(sdk, openai_examples.training_file())
     uploaded = sdk.client.files.wait_for_processing(file_id)
     assert uploaded.status == "processed", uploaded.status_details
     raw = sdk.client.files.with_raw_response.retrieve(file_id).http_response.json()
     assert raw["format"] == "chat" and raw["stats"]["rows"] == 2 * len(openai_examples.ALL_LINES)
-    # whether the base's template renders tools is checked when the job starts
-    job = sdk.client.fine_tuning.jobs.create(model="tiny-llama", training_file=file_id)
+    assert raw["stats"]["features"]["tool_calls"] == 8
+    # tiny-llama's chat template has no tools: the job is refused when it is created
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.client.fine_tuning.jobs.create(model="tiny-llama", training_file=file_id)
+    assert refused.value.param == "model"
+    assert refused.value.code == "unsupported_chat_template"
+    assert (
+        "The training file uses tool calling (in 8 or more rows), but tiny-llama never renders "
+        "the tool definitions (`tools`)" in refused.value.message
+    )
+    # weights alone need no tool support
+    weights = upload(sdk, openai_examples.training_file(openai_examples.WEIGHTS, copies=4))
+    job = sdk.client.fine_tuning.jobs.create(model="tiny-llama", training_file=weights)
     assert job.status in ("validating_files", "queued")
 
 

@@ -55,6 +55,13 @@ def test_openai_docs_examples_are_accepted_unmodified(tmp_path: Path) -> None:
     assert report.ok, report.errors
     assert report.format == "chat"
     assert report.stats["rows"] == len(openai_examples.ALL_LINES)
+    # what the rows use, for the check of the base's template at job creation
+    assert report.stats["features"] == {
+        "tool_calls": 4,
+        "tool_results": 2,
+        "tools": 2,  # the answers' rows have "tools": [] / "functions": []
+        "weight_0": 3,
+    }
     fmt, rows = read_examples(path, "train.jsonl")
     assert fmt == "chat"
     tool_call, tool_response, function_call, function_response, weighted, *_ = rows
@@ -88,9 +95,12 @@ def test_openai_docs_examples_are_accepted_unmodified(tmp_path: Path) -> None:
         "location": "San Francisco, USA",
         "format": "celsius",
     }
+    # ... the legacy call gets an id (nine letters and digits) its answer refers to
+    assert function_call["messages"][1]["tool_calls"][0]["id"] == "call00001"
     assert function_response["messages"][2] == {
         "role": "tool",
         "content": "21.0",
+        "tool_call_id": "call00001",
         "name": "get_current_weather",
     }
     # weight 0 is kept for the trainer; weight 1 is the default and dropped
@@ -251,6 +261,18 @@ def test_tool_rows_count_their_definitions_and_calls_in_the_size_estimate(
                 ]
             },
             "messages[2] (role 'function') needs 'name'",
+        ),
+        (
+            {
+                "messages": [
+                    USER,
+                    {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+                    {"role": "function", "name": "f", "content": "1"},
+                    {"role": "function", "name": "f", "content": "2"},
+                    FINAL,
+                ]
+            },
+            "messages[3] (role 'function') answers no function_call",
         ),
         # weights
         (

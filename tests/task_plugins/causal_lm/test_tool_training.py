@@ -103,6 +103,67 @@ def test_tool_definitions_carry_no_loss(tool_tokenizer: PreTrainedTokenizerBase)
     assert features["labels"] == expected_labels(tool_tokenizer, text, [call])[1]
 
 
+# A layout like several model families': tools in the system turn, and consecutive tool
+# results grouped into one user turn (a chat ending on the first result is then not a prefix
+# of the whole chat).
+GROUPED_TEMPLATE = (
+    "{% if tools %}[system]{% for tool in tools %}{{ tool['function']['name'] }};{% endfor %}"
+    "[/]\n{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}[user]{% endif %}"
+    "<result>{{ message['content'] }}</result>"
+    "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}[/]\n{% endif %}"
+    "{% else %}[{{ message['role'] }}]{{ message['content'] }}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "<call>{{ call['function']['name'] }} {{ call['function']['arguments'] | tojson }}</call>"
+    "{% endfor %}[/]\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
+
+
+def test_parallel_calls_with_grouped_results_token_by_token(tiny_llama: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = GROUPED_TEMPLATE
+    weather = json.loads(openai_examples.TOOL_CALL)["tools"][0]
+    call = weather["function"]["name"]
+    example = normalize_tool_row(
+        {
+            "messages": [
+                {"role": "user", "content": "Paris and Rome?"},
+                {
+                    "role": "assistant",
+                    "content": "Checking.",
+                    "tool_calls": [
+                        {
+                            "id": f"c{i}",
+                            "type": "function",
+                            "function": {"name": call, "arguments": json.dumps({"location": city})},
+                        }
+                        for i, city in enumerate(("Paris", "Rome"))
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c0", "content": "18"},
+                {"role": "tool", "tool_call_id": "c1", "content": "24"},
+                {"role": "assistant", "content": "18 and 24.", "weight": 1},
+            ],
+            "tools": [weather],
+        }
+    )
+    check_tool_template(tokenizer, [example], "grouped")
+    features = encode_causal([example], tokenizer, max_length=512).features[0]
+    text = render_chat(tokenizer, example["messages"], example["tools"])
+    assert "[user]<result>18</result><result>24</result>[/]\n" in text
+    calls = (
+        'Checking.<call>get_current_weather {"location": "Paris"}</call>'
+        '<call>get_current_weather {"location": "Rome"}</call>[/]\n'
+    )
+    input_ids, labels = expected_labels(tokenizer, text, [calls, "18 and 24.[/]\n"])
+    assert features["input_ids"] == input_ids
+    assert features["labels"] == labels
+
+
 @pytest.mark.parametrize("train_on_inputs", [False, True])
 def test_weight_zero_turns_carry_no_loss_token_by_token(
     tool_tokenizer: PreTrainedTokenizerBase, train_on_inputs: bool
@@ -174,6 +235,27 @@ def test_a_template_that_refuses_tool_messages_is_refused(
     )
     # the same template is fine for rows that only call
     check_tool_template(tokenizer, [row(openai_examples.TOOL_CALL)], "base")
+
+
+def test_a_row_the_template_refuses_fails_the_job_naming_the_reason(tiny_llama: Path) -> None:
+    # Mistral's templates want call ids of nine letters and digits; OpenAI's docs use "call_id"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{% for call in message.get('tool_calls') or [] %}"
+        "{% if call['id'] | length != 9 %}"
+        "{{ raise_exception('Tool call IDs should be alphanumeric strings with length 9!') }}"
+        "{% endif %}{% endfor %}{% endfor %}" + TOOL_CHAT_TEMPLATE
+    )
+    rows = [row(openai_examples.TOOL_CALL)]
+    check_tool_template(tokenizer, rows, "mistral-like")  # the probe's id has nine
+    with pytest.raises(Failure) as failure:
+        encode_causal(rows, tokenizer, max_length=512)
+    assert failure.value.code == "unsupported_chat_template"
+    assert failure.value.param == "training_file"
+    assert failure.value.message.startswith(
+        "the base model's chat template refuses chat 1 of 1 (after the split into training and "
+        "validation rows): Tool call IDs should be alphanumeric strings with length 9!"
+    )
 
 
 def test_exact_match_skips_tool_chats_and_weight_zero_references() -> None:
