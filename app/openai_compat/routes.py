@@ -34,9 +34,9 @@ async def chat_completions(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = service.chat_chunks(generation, events, include_usage)
         return EventStream(_sse(chunks, events, slot.release), on_close=slot.release)
-    prediction = await service.predict(inference, serving.limits, generation)
+    predictions = await service.predict(inference, serving.limits, generation)
     # already plain JSON types: skipping FastAPI's encoder saves ~0.2 ms a request
-    return JSONResponse(service.chat_completion(generation, prediction))
+    return JSONResponse(service.chat_completion(generation, predictions))
 
 
 @router.post("/completions", response_model=None, responses=stream_response())
@@ -52,8 +52,8 @@ async def completions(
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = service.completion_chunks(generation, events, include_usage)
         return EventStream(_sse(chunks, events, slot.release), on_close=slot.release)
-    prediction = await service.predict(inference, serving.limits, generation)
-    return JSONResponse(service.text_completion(generation, prediction))
+    predictions = await service.predict(inference, serving.limits, generation)
+    return JSONResponse(service.text_completion(generation, predictions))
 
 
 async def _sse(

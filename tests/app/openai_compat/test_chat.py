@@ -185,9 +185,10 @@ def test_streams_arrive_piece_by_piece(chat_sdk: Sdk, inference_url: str) -> Non
 @pytest.mark.parametrize(
     ("change", "param", "says"),
     [
-        ({"n": 2}, "n", "one choice per request"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tool calling"),
-        ({"logprobs": True}, "logprobs", "log probabilities"),
+        ({"n": 17}, "n", "16"),
+        ({"functions": [{"name": "f"}]}, "functions", "send tools instead"),
+        ({"top_logprobs": 2}, "top_logprobs", "needs logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "20"),
         ({"extra_body": {"beam_width": 3}}, "beam_width", "Unknown parameter"),
         ({"max_tokens": 5000}, "max_tokens", "2048"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "greater than or equal to 1"),
@@ -196,9 +197,14 @@ def test_streams_arrive_piece_by_piece(chat_sdk: Sdk, inference_url: str) -> Non
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
         ({"model": "tiny-bert"}, "model", "/v1/deployments/{id}/predict"),
         (
-            {"messages": [{"role": "tool", "content": "42", "tool_call_id": "c"}]},
+            {"messages": [{"role": "tool", "content": "42"}]},
+            "messages.0.tool_call_id",
+            "is required",
+        ),
+        (
+            {"messages": [{"role": "function", "content": "42", "name": "f"}]},
             "messages.0.role",
-            "do not call tools",
+            "role 'tool'",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
