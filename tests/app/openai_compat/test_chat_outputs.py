@@ -159,11 +159,10 @@ def test_json_schema_response_format_yields_schema_valid_json(chat_sdk: Sdk) -> 
 
 def test_a_schema_that_cannot_be_enforced_is_a_400_naming_the_keyword(chat_sdk: Sdk) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 2}}}
+    response_format: Any = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     with pytest.raises(openai.BadRequestError) as refused:
         chat_sdk.client.chat.completions.create(
-            model="tiny-llama",
-            messages=MESSAGES,
-            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+            model="tiny-llama", messages=MESSAGES, response_format=response_format
         )
     assert refused.value.param == "response_format.json_schema.schema.properties.a.multipleOf"
     assert "multipleOf" in refused.value.body["message"]  # type: ignore[index]
@@ -189,13 +188,14 @@ def test_tool_calls_come_back_parsed_and_a_tool_answer_continues_the_chat(
     jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
 
     # the call and its answer go back in: the template renders both
+    history: list[Any] = [
+        *MESSAGES,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'},
+    ]
     follow_up = chat.create(
         model=tool_model,
-        messages=[
-            *MESSAGES,
-            choice.message.model_dump(exclude_none=True),
-            {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 21}'},
-        ],
+        messages=history,
         tools=[WEATHER],
         tool_choice="none",
         max_tokens=4,
