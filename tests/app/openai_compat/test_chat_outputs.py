@@ -16,7 +16,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 
 from tests.app.openai_compat.sdk import Sdk
-from tests.support.tool_template import copy_with_tool_template
+from tests.support.tool_models import add_tool_llama
 
 MESSAGES: list[Any] = [{"role": "user", "content": "what is the weather in paris?"}]
 SCHEMA = {
@@ -45,15 +45,7 @@ WEATHER: Any = {
 
 @pytest.fixture(scope="session")
 def tool_model(tiny_models: Path) -> str:
-    """tiny-llama with a chat template that renders tools (Hermes convention), and room for
-    the ~600 tokens its tool signatures take in the tiny vocabulary."""
-    target = tiny_models / "tiny-tool-llama"
-    if not target.exists():
-        copy_with_tool_template(tiny_models / "tiny-llama", target)
-        config = json.loads((target / "config.json").read_text())
-        config["max_position_embeddings"] = 1024
-        (target / "config.json").write_text(json.dumps(config))
-    return target.name
+    return add_tool_llama(tiny_models)
 
 
 def test_n_choices_are_distinct_and_repeat_with_the_seed(chat_sdk: Sdk) -> None:
