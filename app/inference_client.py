@@ -165,7 +165,9 @@ class InferenceClient:
 
 class PredictStream:
     """The events of one streamed generation, in order: `{"text": delta}` for each piece of
-    new text, then `{"finish_reason", "prompt_tokens", "completion_tokens"}`.
+    new text (with `index` when n > 1, `logprobs` when asked for), then
+    `{"finish_reason", "prompt_tokens", "completion_tokens"}` (with `tool_calls` when the
+    reply called tools, and each choice's own in `choices` when n > 1).
 
     Iterating raises APIError if the server reports an error or the connection drops
     before the final event; the HTTP response is closed either way.
@@ -190,10 +192,29 @@ class PredictStream:
 
     @classmethod
     def of_prediction(cls, body: dict[str, Any]) -> PredictStream:
+        """The events a stream of these predictions (one input's n choices) would send."""
         stream = cls(None, None)
-        (prediction,) = body["predictions"]
-        final = {k: prediction[k] for k in ("finish_reason", "prompt_tokens", "completion_tokens")}
-        stream._events = [{"text": prediction["text"]}, final]
+        predictions = body["predictions"]
+        many = len(predictions) > 1
+        for index, prediction in enumerate(predictions):
+            event = {"text": prediction["text"]}
+            if many:
+                event["index"] = index
+            if "logprobs" in prediction:
+                event["logprobs"] = prediction["logprobs"]
+            stream._events.append(event)
+        choices = [
+            {k: v for k, v in p.items() if k not in ("text", "logprobs", "prompt_tokens")}
+            for p in predictions
+        ]
+        final = {
+            **choices[0],
+            "prompt_tokens": predictions[0]["prompt_tokens"],
+            "completion_tokens": sum(p["completion_tokens"] for p in predictions),
+        }
+        if many:
+            final["choices"] = [{"index": i, **c} for i, c in enumerate(choices)]
+        stream._events.append(final)
         return stream
 
     async def aclose(self) -> None:

@@ -38,14 +38,6 @@ class _Generation(BaseModel):
     stream_options: StreamOptions | None = None
 
     def check(self) -> None:
-        if self.n is not None and self.n != 1:
-            raise APIError(
-                400,
-                f"n is {self.n}, but Tunery returns one choice per request: set n to 1 (or "
-                "leave it out) and send several requests for several choices.",
-                param="n",
-                code="unsupported_parameter",
-            )
         if self.stream_options is not None and not self.stream:
             raise APIError(
                 400, "stream_options is only allowed with stream=true.", param="stream_options"
@@ -59,15 +51,49 @@ class _Generation(BaseModel):
 class ChatCompletionRequest(_Generation):
     messages: list[Any] = Field(min_length=1)
     max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    # {"type": "text" | "json_object" | "json_schema", "json_schema": {...}}: checked by the
+    # inference server, which enforces it by constrained decoding
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     def check(self) -> None:
         super().check()
+        if self.top_logprobs and not self.logprobs:
+            raise APIError(
+                400,
+                "top_logprobs needs logprobs: set logprobs to true as well.",
+                param="top_logprobs",
+            )
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise APIError(
                 400,
                 "Give max_completion_tokens or max_tokens, not both.",
                 param="max_tokens",
             )
+        self._check_tool_choice()
+
+    def _check_tool_choice(self) -> None:
+        choice = self.tool_choice
+        if choice is None or choice == "none":
+            return
+        if not self.tools:
+            raise APIError(
+                400, "tool_choice needs tools: send the tools it chooses from.", param="tool_choice"
+            )
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            names = [t.get("function", {}).get("name") for t in self.tools if isinstance(t, dict)]
+            if name not in names:
+                raise APIError(
+                    400,
+                    f"tool_choice names function {name!r}, which is not among the tools "
+                    f"({', '.join(str(n) for n in names)}); name one of them.",
+                    param="tool_choice.function.name",
+                )
 
     def token_limit(self) -> tuple[int | None, str]:
         """The limit on new tokens and the name the client gave it."""
@@ -81,6 +107,8 @@ class ChatCompletionRequest(_Generation):
 
 class CompletionRequest(_Generation):
     prompt: str | list[Any]
+    # the legacy API's logprobs: how many of the likeliest tokens to list per position
+    logprobs: int | None = Field(default=None, ge=0, le=5)
 
     def _unsupported(self) -> dict[str, tuple[str, tuple[Any, ...]]]:
         return COMPLETION_UNSUPPORTED
@@ -109,13 +137,11 @@ COMMON_UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 CHAT_UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
     **COMMON_UNSUPPORTED,
-    "logprobs": ("log probabilities", _OFF),
-    "top_logprobs": ("log probabilities", _OFF),
-    "tools": ("tool calling", _OFF),
-    "functions": ("function calling", _OFF),
-    "tool_choice": ("tool calling", (*_OFF, "none", "auto")),
-    "function_call": ("function calling", (*_OFF, "none", "auto")),
-    "response_format": ("structured output", (*_OFF, {"type": "text"})),
+    "functions": ("the deprecated functions parameter (send tools instead)", _OFF),
+    "function_call": (
+        "the deprecated function_call (send tool_choice instead)",
+        (*_OFF, "none", "auto"),
+    ),
     "audio": ("audio output", _OFF),
     "modalities": ("audio output", (*_OFF, ["text"])),
     "prediction": ("predicted outputs", _OFF),
@@ -126,7 +152,6 @@ CHAT_UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
 }
 COMPLETION_UNSUPPORTED: dict[str, tuple[str, tuple[Any, ...]]] = {
     **COMMON_UNSUPPORTED,
-    "logprobs": ("log probabilities", _OFF),
     "best_of": ("best_of", (*_OFF, 1)),
     "echo": ("echoing the prompt", _OFF),
     "suffix": ("insertion (suffix)", (*_OFF, "")),

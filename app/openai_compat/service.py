@@ -21,8 +21,14 @@ from app.openai_compat.schemas import ChatCompletionRequest, CompletionRequest
 
 # roles the inference server renders with the chat template; "developer" is OpenAI's newer
 # name for "system"
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_MESSAGE_KEYS = frozenset({"role", "content", "name", "refusal"})
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
+_MESSAGE_KEYS = frozenset({"role", "content", "name", "refusal", "tool_calls", "tool_call_id"})
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,22 @@ async def chat_generation(
     messages = [_message(m, f"messages.{i}") for i, m in enumerate(body.messages)]
     spec = await generative_spec(lookup, body.model, project_id)
     limit, limit_name = body.token_limit()
+    chat: dict[str, Any] = {"messages": messages}
+    if body.tools:
+        chat["tools"] = body.tools
+    if body.tool_choice is not None:
+        chat["tool_choice"] = body.tool_choice
     return Generation(
         model=body.model,
         spec=spec,
-        input={"messages": messages},
+        input=chat,
         parameters=_parameters(body, limit),
         names=[
             ("parameters.max_new_tokens", limit_name),
             ("parameters.", ""),
             ("inputs.0.messages", "messages"),
+            ("inputs.0.tools", "tools"),
+            ("inputs.0.tool_choice", "tool_choice"),
             ("inputs.0", "messages"),
             ("inputs", "messages"),
         ],
@@ -81,13 +94,18 @@ async def completion_generation(
     body.check()
     prompt = _prompt(body.prompt)
     spec = await generative_spec(lookup, body.model, project_id)
+    parameters = _parameters(body, body.max_tokens)
+    if body.logprobs is not None:
+        # the legacy API's logprobs=k is chat's logprobs=true, top_logprobs=k
+        parameters |= {"logprobs": True, "top_logprobs": body.logprobs}
     return Generation(
         model=body.model,
         spec=spec,
         input=prompt,
-        parameters=_parameters(body, body.max_tokens),
+        parameters=parameters,
         names=[
             ("parameters.max_new_tokens", "max_tokens"),
+            ("parameters.top_logprobs", "logprobs"),
             ("parameters.", ""),
             ("inputs.0", "prompt"),
             ("inputs", "prompt"),
@@ -98,14 +116,15 @@ async def completion_generation(
 
 async def predict(
     client: InferenceClient, limits: ConcurrencyLimits, generation: Generation
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """The n predictions (choices) of the one input."""
     try:
         with limits.acquire(generation.spec["key"]):
             body = await client.predict(generation.spec, [generation.input], generation.parameters)
     except APIError as exc:
         raise public_error(exc, generation.names) from exc
-    prediction: dict[str, Any] = body["predictions"][0]
-    return prediction
+    predictions: list[dict[str, Any]] = body["predictions"]
+    return predictions
 
 
 async def start_stream(
@@ -126,7 +145,7 @@ async def start_stream(
     return stream, slot
 
 
-def chat_completion(generation: Generation, prediction: dict[str, Any]) -> dict[str, Any]:
+def chat_completion(generation: Generation, predictions: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": generation.id,
         "object": "chat.completion",
@@ -134,18 +153,20 @@ def chat_completion(generation: Generation, prediction: dict[str, Any]) -> dict[
         "model": generation.model,
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": prediction["text"], "refusal": None},
+                "index": index,
+                "message": _chat_message(prediction),
                 "finish_reason": prediction["finish_reason"],
-                "logprobs": None,
+                "logprobs": _chat_logprobs(prediction.get("logprobs")),
             }
+            for index, prediction in enumerate(predictions)
         ],
-        "usage": usage(prediction),
+        "usage": usage(predictions),
         "system_fingerprint": None,
     }
 
 
-def text_completion(generation: Generation, prediction: dict[str, Any]) -> dict[str, Any]:
+def text_completion(generation: Generation, predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    offset = len(generation.input) if isinstance(generation.input, str) else 0
     return {
         "id": generation.id,
         "object": "text_completion",
@@ -153,13 +174,14 @@ def text_completion(generation: Generation, prediction: dict[str, Any]) -> dict[
         "model": generation.model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "text": prediction["text"],
                 "finish_reason": prediction["finish_reason"],
-                "logprobs": None,
+                "logprobs": _legacy_logprobs(prediction.get("logprobs"), offset),
             }
+            for index, prediction in enumerate(predictions)
         ],
-        "usage": usage(prediction),
+        "usage": usage(predictions),
         "system_fingerprint": None,
     }
 
@@ -167,51 +189,82 @@ def text_completion(generation: Generation, prediction: dict[str, Any]) -> dict[
 async def chat_chunks(
     generation: Generation, events: PredictStream, include_usage: bool
 ) -> AsyncIterator[dict[str, Any]]:
-    """chat.completion.chunk objects: the role, the text as it comes, the finish reason,
-    then (when asked for with stream_options.include_usage) the usage with no choices."""
+    """chat.completion.chunk objects: each choice's role, its text (and logprobs) as they
+    come, its tool calls, its finish reason, then (when asked for with
+    stream_options.include_usage) the usage with no choices."""
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return _chunk(
-            generation,
-            "chat.completion.chunk",
-            {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None},
-            include_usage,
-        )
+    def chunk(
+        index: int,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "finish_reason": finish_reason,
+            "logprobs": _chat_logprobs(logprobs),
+        }
+        return _chunk(generation, "chat.completion.chunk", choice, include_usage)
 
-    yield chunk({"role": "assistant", "content": ""})
+    for index in range(int(generation.parameters.get("n", 1))):
+        yield chunk(index, {"role": "assistant", "content": ""})
     async for event in _public_events(events, generation):
         if "text" in event:
-            if event["text"]:
-                yield chunk({"content": event["text"]})
+            if event["text"] or event.get("logprobs"):
+                index = event.get("index", 0)
+                yield chunk(index, {"content": event["text"]}, logprobs=event.get("logprobs"))
             continue
-        yield chunk({}, event["finish_reason"])
+        for index, choice in enumerate(event.get("choices") or [event]):
+            if choice.get("tool_calls"):
+                calls = _tool_calls(choice["tool_calls"])
+                yield chunk(index, {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
+            yield chunk(index, {}, choice["finish_reason"])
         if include_usage:
-            yield {**_chunk(generation, "chat.completion.chunk", None, True), "usage": usage(event)}
+            totals = usage([event])
+            yield {**_chunk(generation, "chat.completion.chunk", None, True), "usage": totals}
         return
 
 
 async def completion_chunks(
     generation: Generation, events: PredictStream, include_usage: bool
 ) -> AsyncIterator[dict[str, Any]]:
-    """text_completion objects with the text as it comes, then the finish reason (and usage)."""
+    """text_completion objects with each choice's text (and logprobs) as it comes, then the
+    finish reasons (and usage)."""
+    offsets: dict[int, int] = {}
+    start = len(generation.input) if isinstance(generation.input, str) else 0
 
-    def chunk(text: str, finish_reason: str | None = None) -> dict[str, Any]:
-        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    def chunk(
+        index: int,
+        text: str,
+        finish_reason: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        offset = offsets.get(index, start)
+        legacy = _legacy_logprobs(logprobs, offset)
+        if legacy is not None:
+            offsets[index] = offset + sum(len(t) for t in legacy["tokens"])
+        choice = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": legacy}
         return _chunk(generation, "text_completion", choice, include_usage)
 
     async for event in _public_events(events, generation):
         if "text" in event:
-            if event["text"]:
-                yield chunk(event["text"])
+            if event["text"] or event.get("logprobs"):
+                index = event.get("index", 0)
+                yield chunk(index, event["text"], logprobs=event.get("logprobs"))
             continue
-        yield chunk("", event["finish_reason"])
+        for index, choice in enumerate(event.get("choices") or [event]):
+            yield chunk(index, "", choice["finish_reason"])
         if include_usage:
-            yield {**_chunk(generation, "text_completion", None, True), "usage": usage(event)}
+            totals = usage([event])
+            yield {**_chunk(generation, "text_completion", None, True), "usage": totals}
         return
 
 
-def usage(prediction: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = int(prediction["prompt_tokens"]), int(prediction["completion_tokens"])
+def usage(predictions: list[dict[str, Any]]) -> dict[str, int]:
+    """Tokens of a request: its prompt once, the completion tokens of all its choices."""
+    prompt = int(predictions[0]["prompt_tokens"])
+    completion = sum(int(p["completion_tokens"]) for p in predictions)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -275,20 +328,72 @@ def _parameters(
         "top_p": body.top_p,
         "stop": body.stop,
         "seed": body.seed,
+        "n": body.n,
     }
+    if isinstance(body, ChatCompletionRequest):
+        parameters |= {
+            "logprobs": body.logprobs or None,
+            "top_logprobs": body.top_logprobs if body.logprobs else None,
+            "response_format": body.response_format,
+        }
     return {name: value for name, value in parameters.items() if value is not None}
 
 
-def _message(message: Any, where: str) -> dict[str, str]:
-    """An OpenAI chat message as the inference server takes it: role and text content."""
+def _chat_message(prediction: dict[str, Any]) -> dict[str, Any]:
+    calls = prediction.get("tool_calls")
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": prediction["text"] if prediction["text"] or not calls else None,
+        "refusal": None,
+    }
+    if calls:
+        message["tool_calls"] = _tool_calls(calls)
+    return message
+
+
+def _tool_calls(calls: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """OpenAI's tool_calls of the inference server's parsed calls, each with a fresh id."""
+    return [
+        {
+            "id": new_id("call"),
+            "type": "function",
+            "function": {"name": call["name"], "arguments": call["arguments"]},
+        }
+        for call in calls
+    ]
+
+
+def _chat_logprobs(items: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return None if items is None else {"content": items, "refusal": None}
+
+
+def _legacy_logprobs(items: list[dict[str, Any]] | None, offset: int) -> dict[str, Any] | None:
+    """The completions API's logprobs: parallel lists, top_logprobs as {token: logprob}."""
+    if items is None:
+        return None
+    offsets = []
+    for item in items:
+        offsets.append(offset)
+        offset += len(item["token"])
+    return {
+        "tokens": [i["token"] for i in items],
+        "token_logprobs": [i["logprob"] for i in items],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in i["top_logprobs"]} for i in items],
+        "text_offset": offsets,
+    }
+
+
+def _message(message: Any, where: str) -> dict[str, Any]:
+    """An OpenAI chat message as the inference server takes it: role and text content, an
+    assistant's tool_calls, a tool message's tool_call_id."""
     if not isinstance(message, dict):
         raise APIError(400, f"{where} must be an object with role and content.", param=where)
     role = message.get("role")
-    if role in ("tool", "function"):
+    if role == "function":
         raise APIError(
             400,
-            f"{where}.role is {role!r}: Tunery models do not call tools, so there are no tool "
-            "results to send; remove that message.",
+            f"{where}.role is 'function', the deprecated form of tool results: send a message "
+            "with role 'tool' and its tool_call_id instead.",
             param=f"{where}.role",
             code="unsupported_parameter",
         )
@@ -298,24 +403,42 @@ def _message(message: Any, where: str) -> dict[str, str]:
             f"{where}.role must be one of {', '.join(_ROLES)}; got {role!r}.",
             param=f"{where}.role",
         )
-    for key in ("tool_calls", "function_call", "audio"):
+    for key in ("function_call", "audio"):
         if message.get(key):
             raise APIError(
                 400,
-                f"{where}.{key} is not supported: Tunery models generate text only.",
+                f"{where}.{key} is not supported: send an assistant's calls as tool_calls.",
                 param=f"{where}.{key}",
                 code="unsupported_parameter",
             )
-    unknown = set(message) - _MESSAGE_KEYS - {"tool_calls", "function_call", "audio"}
+    unknown = set(message) - _MESSAGE_KEYS - {"function_call", "audio"}
     if unknown:
         name = sorted(unknown)[0]
         raise APIError(
             400,
             f"{where}.{name} is not a message field; a message has role, content and "
-            "optionally name.",
+            "optionally name (tool_calls for an assistant, tool_call_id for a tool).",
             param=f"{where}.{name}",
         )
-    return {"role": _ROLES[role], "content": _content(message.get("content"), f"{where}.content")}
+    out: dict[str, Any] = {"role": _ROLES[role]}
+    calls = message.get("tool_calls")
+    if role == "assistant" and calls:
+        # content may be null next to tool calls
+        if message.get("content") is not None:
+            out["content"] = _content(message.get("content"), f"{where}.content")
+        out["tool_calls"] = calls
+    else:
+        out["content"] = _content(message.get("content"), f"{where}.content")
+    if role == "tool":
+        if not isinstance(message.get("tool_call_id"), str):
+            raise APIError(
+                400,
+                f"{where}.tool_call_id is required: the id of the assistant's tool call this "
+                "message answers.",
+                param=f"{where}.tool_call_id",
+            )
+        out["tool_call_id"] = message["tool_call_id"]
+    return out
 
 
 def _content(content: Any, where: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from openai.types.fine_tuning.job_create_params import Method
 
 from tests.support import live
 from tests.support.data import chat_rows, write_jsonl
+from tests.support.tool_models import add_tool_llama
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -208,3 +210,100 @@ def test_pause_and_resume(served: Served, tmp_path: Path) -> None:
     wait_for_job(client, job.id, {"running", *FINISHED})
     assert client.fine_tuning.jobs.cancel(job.id).id == job.id
     assert wait_for_job(client, job.id, FINISHED).status == "cancelled"
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["paris", "london"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+VERDICT: Any = {
+    "type": "object",
+    "properties": {
+        "answer": {"type": "string", "enum": ["paris", "london"]},
+        "sure": {"type": "boolean"},
+    },
+    "required": ["answer", "sure"],
+    "additionalProperties": False,
+}
+
+
+def test_migration_walk_chat_with_tools_n_logprobs_and_a_json_schema(
+    served: Served, tmp_path: Path, tiny_models: Path
+) -> None:
+    """A migrating team's client calls on a model tuned from a base whose template renders
+    tools: tool calls come back parsed, n=2 gives two choices, logprobs score each token
+    and a JSON schema is followed. (The tool-calling training rows themselves are
+    tests/e2e/test_openai_sdk_tools.py.)"""
+    import jsonschema
+
+    base = add_tool_llama(tiny_models)
+    client = OpenAI(base_url=f"{served.server.base_url}/v1", api_key=served.key)
+    with write_jsonl(tmp_path / "train.jsonl", chat_rows(16)).open("rb") as fh:
+        training_file = client.files.create(file=fh, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=base,
+        training_file=training_file.id,
+        seed=1,
+        method=cast(
+            Method, {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}}
+        ),
+    )
+    job = wait_for_job(client, job.id, FINISHED)
+    assert job.status == "succeeded", job.error
+    model = job.fine_tuned_model
+    assert model is not None
+    chat = client.chat.completions
+
+    called = chat.create(
+        model=model,
+        messages=QUESTION,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=120,
+        temperature=0,
+    )
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"] in ("paris", "london")
+
+    two = chat.create(
+        model=model, messages=QUESTION, n=2, temperature=1.0, seed=3, max_tokens=6, logprobs=True
+    )
+    assert [c.index for c in two.choices] == [0, 1]
+    assert two.choices[0].message.content != two.choices[1].message.content
+    for c in two.choices:
+        assert c.logprobs is not None and c.logprobs.content
+        assert "".join(t.token for t in c.logprobs.content) == c.message.content
+
+    scored = chat.create(
+        model=model, messages=QUESTION, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
+    assert scored.choices[0].logprobs is not None
+    for token in scored.choices[0].logprobs.content or []:
+        assert sum(math.exp(t.logprob) for t in token.top_logprobs) <= 1 + 1e-6
+
+    verdict = chat.create(
+        model=model,
+        messages=QUESTION,
+        max_tokens=40,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "verdict", "schema": VERDICT, "strict": True},
+        },
+    )
+    jsonschema.validate(json.loads(verdict.choices[0].message.content or ""), VERDICT)
+
+    client.models.delete(model)
+    client.files.delete(training_file.id)

@@ -142,19 +142,20 @@ class Grammars:
                 '{"type": "object"}', any_whitespace=False, strict_mode=False
             )
         schema = response_format["json_schema"]["schema"]
-        check_schema(schema, "response_format.json_schema.schema")
+        where = "parameters.response_format.json_schema.schema"
+        check_schema(schema, where)
         return self._compile(
             lambda: self.compiler.compile_json_schema(
                 json.dumps(schema), any_whitespace=False, strict_mode=True
             ),
-            "response_format.json_schema.schema",
+            where,
         )
 
-    def tool_call(self, prefix: str, schema: Mapping[str, Any], suffix: str) -> Any:
+    def tool_call(self, prefix: str, schema: Mapping[str, Any], suffix: str, where: str) -> Any:
         """A grammar for exactly one tool call: prefix, a JSON object of schema, suffix."""
         import xgrammar as xgr
 
-        check_schema(schema, "tools")
+        check_schema(schema, where)
 
         def build() -> Any:
             parts = [xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)]
@@ -164,7 +165,7 @@ class Grammars:
                 parts.append(xgr.Grammar.from_ebnf(f"root ::= {json.dumps(suffix)}"))
             return self.compiler.compile_grammar(xgr.Grammar.concat(*parts))
 
-        return self._compile(build, "tools")
+        return self._compile(build, where)
 
     @staticmethod
     def _compile(build: Any, where: str) -> Any:

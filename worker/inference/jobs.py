@@ -89,7 +89,8 @@ def prepare(job: Job) -> None:
         formats = [_tool_format(loaded, item, i) for i, item in enumerate(job.inputs)]
     check_context(config, prompts, options.max_new_tokens)
     job.grammars = [
-        _grammar(loaded, item, options, fmt) for item, fmt in zip(job.inputs, formats, strict=True)
+        _grammar(loaded, item, options, fmt, i)
+        for i, (item, fmt) in enumerate(zip(job.inputs, formats, strict=True))
     ]
     job.tool_formats = formats
     job.options = options
@@ -104,7 +105,11 @@ def _tool_format(loaded: LoadedModel, item: PromptInput, index: int) -> ToolForm
 
 
 def _grammar(
-    loaded: LoadedModel, item: PromptInput, options: GenerationOptions, fmt: ToolFormat | None
+    loaded: LoadedModel,
+    item: PromptInput,
+    options: GenerationOptions,
+    fmt: ToolFormat | None,
+    index: int,
 ) -> Any:
     """The compiled grammar an input's rows must follow, or None."""
     forced = _forced_tool(item) if fmt is not None else None
@@ -130,7 +135,7 @@ def _grammar(
     assert fmt is not None and forced is not None and not isinstance(item, str)
     only = None if forced == "required" else forced
     prefix, schema, suffix = fmt.call_grammar_parts(item["tools"], only)
-    return grammars.tool_call(prefix, schema, suffix)
+    return grammars.tool_call(prefix, schema, suffix, f"inputs.{index}.tools")
 
 
 def _forced_tool(item: PromptInput) -> str | None:

@@ -134,7 +134,7 @@ class ToolFormat:
 def tool_format(chat_template: Any, tools: Sequence[Mapping[str, Any]], index: int) -> ToolFormat:
     """The convention this template's model calls tools in; raises PredictionInputError."""
     template = chat_template if isinstance(chat_template, str) else ""
-    where = f"inputs[{index}].tools"
+    where = f"inputs.{index}.tools"
     if "tools" not in template:
         raise PredictionInputError(
             f"{where}: this model's chat template does not render tools, so the model cannot "

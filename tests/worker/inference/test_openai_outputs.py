@@ -281,7 +281,7 @@ def test_a_schema_that_cannot_be_enforced_is_refused_before_decoding(
     response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     with pytest.raises(PredictionInputError) as caught:
         predict(service, base, "hello", response_format=response_format)
-    assert caught.value.param.startswith("response_format.json_schema.schema")
+    assert caught.value.param.startswith("parameters.response_format.json_schema.schema")
     assert caught.value.param.endswith(where.split(".")[-1]) or where == "schema"
     assert caught.value.code == "unsupported_schema"
 
