@@ -12,9 +12,11 @@
   const COLORS = {
     train_loss: "#4f46e5", eval_loss: "#f97316", accuracy: "#16a34a", f1: "#9333ea",
     precision: "#0891b2", recall: "#db2777", token_accuracy: "#16a34a", perplexity: "#dc2626",
-    learning_rate: "#64748b",
+    learning_rate: "#64748b", reward_accuracy: "#16a34a",
   };
-  const EVAL_METRICS = ["accuracy", "f1", "precision", "recall", "token_accuracy"];
+  // DPO's reward_accuracy (share of pairs preferred) shares the 0..1 chart; its rewards and
+  // margins are in the tables
+  const EVAL_METRICS = ["accuracy", "f1", "precision", "recall", "token_accuracy", "reward_accuracy"];
   let page = 0; // bumps on every navigation: stale polls and renders check it and stop
   let pollTimer = null;
 
@@ -415,7 +417,7 @@
   }
 
   function headline(evaluation) {
-    for (const name of ["accuracy", "f1", "token_accuracy", "perplexity", "eval_loss"]) {
+    for (const name of ["accuracy", "f1", "token_accuracy", "reward_accuracy", "perplexity", "eval_loss"]) {
       if (evaluation && typeof evaluation[name] === "number") return [name, evaluation[name]];
     }
     return null;
