@@ -185,9 +185,10 @@ def users(session: Session, model: str) -> list[str]:
             FineTunedModelRow.base_model == model, FineTunedModelRow.deleted.is_(False)
         )
     ).all()
+    # deployments of the base itself, and of models tuned from it
     deployments = session.scalars(
         select(DeploymentRow.id).where(
-            DeploymentRow.model == model, DeploymentRow.deleted.is_(False)
+            DeploymentRow.model.in_([model, *tuned]), DeploymentRow.deleted.is_(False)
         )
     ).all()
     return [
