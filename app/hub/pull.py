@@ -319,11 +319,13 @@ def download(models_dir: Path, found: Plan, on_progress: Progress, every: float 
 
 
 def _move_into_place(models_dir: Path, found: Plan, staging: Path) -> Path:
+    target = model_dir(models_dir, found.model)
+    if not staging.is_dir() and pulled_sha(target) == found.sha:
+        return target  # a concurrent pull of the same commit (a shared folder) moved it
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's resume notes
     (staging / MARKER).write_text(
         json.dumps({"model": found.model, "revision": found.revision, "sha": found.sha})
     )
-    target = model_dir(models_dir, found.model)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if target.exists():  # another revision: swapped out, then removed
