@@ -10,15 +10,17 @@ through the inference server's service in process.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from app.models.registry import PULL_MARKER
 from app.models.service import serving_spec
 from tests.app.conftest import Api, upload_text
 from tests.app.hub.conftest import LLAMA, hub  # noqa: F401 - the hub fixture
-from tests.app.hub.test_pull_api import auto_api  # noqa: F401 - the auto_api fixture
+from tests.app.hub.test_pull_api import auto_api, hub_api  # noqa: F401 - fixtures
 from tests.support.hub_server import FakeHub
 from worker.supervisor import JobRunner
 
@@ -83,3 +85,29 @@ def test_auto_pull_then_train_then_deploy(auto_api: Api, hub: FakeHub) -> None: 
     assert response.status_code == 409
     message = response.json()["error"]["message"]
     assert f"model {tuned}" in message and deployment.json()["id"] in message
+
+
+def test_a_worker_does_not_train_on_another_commit_than_the_jobs(
+    hub_api: Api,  # noqa: F811
+    hub: FakeHub,  # noqa: F811
+) -> None:
+    api = hub_api
+    response = api.client.post("/v1/models/pull", json={"model": LLAMA})
+    assert response.status_code == 202
+    folder = api.settings.models_dir / "tiny-org" / "tiny-llama"
+    for _ in range(600):
+        if folder.is_dir():
+            break
+        time.sleep(0.05)
+    file = upload_text(api, "train.jsonl", PROMPTS)
+    job = api.client.post(
+        "/v1/fine_tuning/jobs", json={"model": LLAMA, "training_file": file["id"]}
+    ).json()
+    # this worker's folder holds another commit (a folder per host, pulled at another time)
+    marker = folder / PULL_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "sha": "0" * 40}))
+    app_state = api.client.app.state  # type: ignore[attr-defined]
+    runner = JobRunner(api.settings, app_state.sessionmaker, app_state.store)
+    assert runner.run(job["id"]) == "failed"
+    error = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["error"]
+    assert error["code"] == "base_model_changed" and job["model_sha"] in error["message"]
