@@ -335,6 +335,23 @@ LINKS: dict[str, list[Link]] = {
             for name, target, field in _MODEL_USES
         ],
     ],
+    "POST /v1/models/pull": [
+        ("GetPull", "GET /v1/models/pulls/{pull_id}", {"pull_id": "$response.body#/id"}, None),
+        (
+            "GetPulledModel",
+            "GET /v1/models/{model_id}",
+            {"model_id": "$response.body#/model"},
+            None,
+        ),
+    ],
+    "GET /v1/models/pulls": [
+        (
+            "GetPull",
+            "GET /v1/models/pulls/{pull_id}",
+            {"pull_id": "$response.body#/data/0/id"},
+            None,
+        )
+    ],
     "POST /v1/deployments": _reads(_DEPLOYMENT_ACTIONS, "dep_id", "$response.body#/id"),
     "GET /v1/deployments": _reads(_DEPLOYMENT_ACTIONS, "dep_id", "$response.body#/data/0/id"),
     "POST /v1/evaluations": [
@@ -363,7 +380,8 @@ def _link(paths: dict[str, Any]) -> None:
         return found
 
     for source, links in LINKS.items():
-        response = operation(source)["responses"]["200"]
+        responses = operation(source)["responses"]
+        response = responses.get("200") or responses["202"]  # 202: a pull runs on
         response["links"] = {
             name: {
                 "operationId": operation(target)["operationId"],

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunery_client import jobs, resources, sweeps
+from tunery_client import jobs, pulls, resources, sweeps
 from tunery_client.api import Client, ClientError
 from tunery_client.jobspec import add_job_flags
 
@@ -150,8 +150,11 @@ def register(sub: Any) -> None:
     _verb(model, "list", resources.list_models, "base and fine-tuned models", common)
     _verb(model, "get", resources.get_model, "one model", common).add_argument("model_id")
     _verb(
-        model, "delete", resources.delete_model, "delete a fine-tuned model", common
+        model, "delete", resources.delete_model, "delete a fine-tuned or pulled base model", common
     ).add_argument("model_id")
+    pulls.add_arguments(
+        _verb(model, "pull", pulls.pull, "pull a base model from the Hugging Face Hub", common)
+    )
     download = _verb(
         model, "download", resources.download, "download a fine-tuned model and unpack it", common
     )

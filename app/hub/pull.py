@@ -197,8 +197,16 @@ def plan(models_dir: Path, model: str, revision: str = "main") -> Plan:
     except UnsafeModel as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise APIError(400, str(exc), param="model", code="unsafe_model") from exc
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, OSError) as exc:
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError) as exc:
         raise _hub_error(exc, model, revision) from exc
+    except OSError as exc:  # the staging folder cannot be written
+        raise APIError(
+            409,
+            f"Cannot write {model}'s files into TUNERY_MODELS_DIR ({models_dir}): {exc}. "
+            "Pulls need it writable on the API and on workers that pull.",
+            param="model",
+            code="models_dir_not_writable",
+        ) from exc
     config = json.loads((staging / "config.json").read_text())
     task = task_plugins.task_of_config(config) if isinstance(config, dict) else None
     if task is None:
@@ -319,11 +327,13 @@ def download(models_dir: Path, found: Plan, on_progress: Progress, every: float 
 
 
 def _move_into_place(models_dir: Path, found: Plan, staging: Path) -> Path:
+    target = model_dir(models_dir, found.model)
+    if not staging.is_dir() and pulled_sha(target) == found.sha:
+        return target  # a concurrent pull of the same commit (a shared folder) moved it
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's resume notes
     (staging / MARKER).write_text(
         json.dumps({"model": found.model, "revision": found.revision, "sha": found.sha})
     )
-    target = model_dir(models_dir, found.model)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if target.exists():  # another revision: swapped out, then removed

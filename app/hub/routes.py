@@ -29,6 +29,7 @@ def pull_model(
         return service.pull_public(running)
     session.commit()  # the Hub is asked with no transaction open
     found = pull.plan(settings.models_dir, body.model, body.revision)
+    service.check_replaceable(session, settings.models_dir, found)
     row = service.record(session, found)
     session.commit()
     service.start(make_session, settings.models_dir, row.id, found)

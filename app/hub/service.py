@@ -21,6 +21,7 @@ from app.failures import APIError, not_found
 from app.hub import pull
 from app.ids import new_id
 from app.jobs.state import ACTIVE
+from app.models.registry import resolve_base_model
 from app.tables import (
     DeploymentRow,
     FineTunedModelRow,
@@ -185,9 +186,10 @@ def users(session: Session, model: str) -> list[str]:
             FineTunedModelRow.base_model == model, FineTunedModelRow.deleted.is_(False)
         )
     ).all()
+    # deployments of the base itself, and of models tuned from it
     deployments = session.scalars(
         select(DeploymentRow.id).where(
-            DeploymentRow.model == model, DeploymentRow.deleted.is_(False)
+            DeploymentRow.model.in_([model, *tuned]), DeploymentRow.deleted.is_(False)
         )
     ).all()
     return [
@@ -197,7 +199,14 @@ def users(session: Session, model: str) -> list[str]:
     ]
 
 
-def check_unused(session: Session, model: str) -> None:
+def check_replaceable(session: Session, models_dir: Path, found: pull.Plan) -> None:
+    """A pull at another commit replaces the folder: not under what still needs it."""
+    base = resolve_base_model(models_dir, found.model)
+    if base is not None and base.sha is not None and base.sha != found.sha:
+        check_unused(session, found.model, f"replaced by commit {found.sha} ({found.revision})")
+
+
+def check_unused(session: Session, model: str, action: str = "removed") -> None:
     needed = users(session, model)
     if needed:
         shown = ", ".join(needed[:10]) + (
@@ -205,8 +214,8 @@ def check_unused(session: Session, model: str) -> None:
         )
         raise APIError(
             409,
-            f"Base model {model} is still needed by {shown}; delete those (or wait for the "
-            "jobs to finish) and remove it again.",
+            f"Base model {model} is still needed by {shown}, so it cannot be {action}; delete "
+            "those (or wait for the jobs to finish) and try again.",
             param="model",
             code="model_in_use",
         )

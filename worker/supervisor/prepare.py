@@ -130,6 +130,15 @@ def _check_worker(settings: Settings, row: JobRow, owner: str) -> tuple[Path, in
             "there (or on a shared volume) and retry the job.",
             "model",
         )
+    if row.model_sha is not None and base.sha is not None and base.sha != row.model_sha:
+        raise Failure(
+            "base_model_changed",
+            f"This job was created on {row.model} at Hub commit {row.model_sha}, but this "
+            f"worker's TUNERY_MODELS_DIR holds commit {base.sha}. Create the job again to "
+            "train on the folder as it is, or pull that commit back (tunery models pull "
+            f"{row.model} --revision {row.model_sha}).",
+            "model",
+        )
     try:  # before any trainer sees it: pickle weights and model code never load
         check_model_folder(base.path)
     except UnsafeModel as exc:

@@ -707,6 +707,36 @@
         h("td", {}, actions));
     }));
     setLive(false);
+    pullsCard();
+  }
+
+  // pulls of base models from the Hub (tunery models pull): progress while any runs
+  async function pullsCard() {
+    let pulls;
+    try { pulls = await api("/v1/models/pulls"); } catch (e) { return; }
+    if (!pulls.data.length) return;
+    const body = h("tbody", {});
+    app.appendChild(card("Pulls from the Hugging Face Hub", h("table", { class: "table", id: "pulls-table" },
+      h("thead", {}, h("tr", {}, ["Model", "Revision", "Commit", "Status", "Progress", "Started"].map((t) => h("th", { text: t })))),
+      body)));
+    const fill = (list) => body.replaceChildren(...list.map((p) => {
+      const fraction = p.total_bytes ? p.downloaded_bytes / p.total_bytes : null;
+      return h("tr", {},
+        h("td", {}, h("span", { class: "mono small", text: p.model })),
+        h("td", { class: "mono small", text: p.revision }),
+        h("td", { class: "mono small", title: p.sha, text: p.sha.slice(0, 12) }),
+        h("td", { title: p.error ? p.error.message : "", text: p.status }),
+        h("td", { class: "progress-cell" }, bar(fraction, p.status),
+          h("div", { class: "small", text: `${bytes(p.downloaded_bytes)} of ${bytes(p.total_bytes)}, ${p.downloaded_files} of ${p.total_files} files` })),
+        h("td", { class: "nowrap", title: stamp(p.created_at), text: ago(p.created_at) }));
+    }));
+    fill(pulls.data);
+    const running = (list) => list.some((p) => p.status === "queued" || p.status === "running");
+    if (running(pulls.data)) poll(async () => {
+      const next = await api("/v1/models/pulls");
+      fill(next.data);
+      return running(next.data);
+    }, 2000);
   }
 
   // -- deployments and the playground ----------------------------------------------------------

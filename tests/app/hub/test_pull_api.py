@@ -20,7 +20,7 @@ from app.migrate import upgrade
 from app.settings import Settings
 from tests.app.conftest import Api, upload_text
 from tests.app.hub.conftest import CUSTOM_CODE, LLAMA, PICKLE_ONLY
-from tests.support.hub_server import FakeHub
+from tests.support.hub_server import FakeHub, folder_files
 
 PROMPTS = "".join(json.dumps({"prompt": f"p{i}", "completion": f" c{i}"}) + "\n" for i in range(10))
 
@@ -155,6 +155,27 @@ def test_a_base_that_is_still_needed_is_not_removed(hub_api: Api, hub: FakeHub) 
     (hub_api.settings.models_dir / "by-hand").mkdir()
     by_hand = hub_api.client.get("/v1/models").json()["data"]
     assert all(m["sha"] is None for m in by_hand if m["kind"] == "base")
+
+
+def test_a_base_that_is_still_needed_is_not_replaced_by_another_commit(
+    hub_api: Api, hub: FakeHub, tiny_models: Path
+) -> None:
+    first = pulled(hub_api, LLAMA)["sha"]
+    file = upload_text(hub_api, "train.jsonl", PROMPTS)
+    job = hub_api.client.post(
+        "/v1/fine_tuning/jobs", json={"model": LLAMA, "training_file": file["id"]}
+    ).json()
+    second = hub.add(LLAMA, {**folder_files(tiny_models / "tiny-llama"), "extra.json": b"{}"})
+    response = hub_api.client.post("/v1/models/pull", json={"model": LLAMA})
+    assert response.status_code == 409, response.text
+    message = response.json()["error"]["message"]
+    assert f"job {job['id']}" in message and f"replaced by commit {second}" in message
+    assert hub_api.client.get(f"/v1/models/{LLAMA}").json()["sha"] == first
+    # the same commit again is no change: it succeeds at once, without a download
+    hub.repos[LLAMA].refs["main"] = first
+    hub.requests.clear()
+    assert pulled(hub_api, LLAMA)["status"] == "succeeded"
+    assert hub.gets("model.safetensors") == []
 
 
 def test_auto_pull_off_names_the_pull_command(hub_api: Api, hub: FakeHub) -> None:
