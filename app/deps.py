@@ -85,6 +85,8 @@ async def get_enqueue_job(request: Request) -> Enqueue:
 
 async def get_enqueue_evaluation(request: Request) -> Enqueue:
     return Enqueue(request.app.state.enqueue_evaluation, "evaluation")
+
+
 # async: a plain def dependency would cost every request a thread hop
 async def get_inference(request: Request) -> InferenceClient:
     """The async client of the inference server (closed at shutdown)."""
