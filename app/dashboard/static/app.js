@@ -843,8 +843,10 @@
 
   function renderSweepCharts(overTime, paramsBox, sweep) {
     const metric = sweep.objective.metric;
+    // trials of one sweep often differ in the third or fourth digit
+    const precise = (v) => Number(v.toPrecision(4)).toString();
     TinyChart.line(overTime, {
-      xLabel: "step", title: metric + " by step, per trial",
+      xLabel: "step", title: metric + " by step, per trial", yFormat: precise,
       series: sweep.trials.map((t) => ({
         name: `trial ${t.number}${t.state === "pruned" ? " (pruned)" : ""}`,
         color: t.state === "pruned" ? "#dc2626" : TRIAL_COLORS[t.number % TRIAL_COLORS.length],
@@ -860,7 +862,7 @@
         .map((t) => [axis.at(t.params[path]), trialValue(t)]);
       const node = card(path.split(".").pop() + " vs " + metric, box);
       setTimeout(() => TinyChart.line(box, {
-        xLabel: `${path} (${axis.label})`, height: 200,
+        xLabel: `${path} (${axis.label})`, height: 200, yFormat: precise,
         series: [
           { name: "complete", color: "#16a34a", scatter: true, points: points("complete") },
           { name: "pruned", color: "#dc2626", scatter: true, points: points("pruned") },
