@@ -270,6 +270,11 @@ _JOB_ACTIONS = [
     ("ListJobCheckpoints", "GET /v1/fine_tuning/jobs/{job_id}/checkpoints"),
     ("GetJobMetrics", "GET /v1/fine_tuning/jobs/{job_id}/metrics"),
 ]
+_SWEEP_ACTIONS = [
+    ("GetSweep", "GET /v1/fine_tuning/sweeps/{sweep_id}"),
+    ("CancelSweep", "POST /v1/fine_tuning/sweeps/{sweep_id}/cancel"),
+    ("ListSweepEvents", "GET /v1/fine_tuning/sweeps/{sweep_id}/events"),
+]
 _FILE_ACTIONS = [
     ("GetFile", "GET /v1/files/{file_id}"),
     ("GetFileContent", "GET /v1/files/{file_id}/content"),
@@ -314,6 +319,8 @@ LINKS: dict[str, list[Link]] = {
     "GET /v1/files": _reads(_FILE_ACTIONS, "file_id", "$response.body#/data/0/id"),
     "POST /v1/fine_tuning/jobs": _reads(_JOB_ACTIONS, "job_id", "$response.body#/id"),
     "GET /v1/fine_tuning/jobs": _reads(_JOB_ACTIONS, "job_id", "$response.body#/data/0/id"),
+    "POST /v1/fine_tuning/sweeps": _reads(_SWEEP_ACTIONS, "sweep_id", "$response.body#/id"),
+    "GET /v1/fine_tuning/sweeps": _reads(_SWEEP_ACTIONS, "sweep_id", "$response.body#/data/0/id"),
     "GET /v1/fine_tuning/jobs/{job_id}/checkpoints": [
         (
             "DownloadCheckpoint",

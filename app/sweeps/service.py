@@ -325,6 +325,16 @@ def _follow(
     )
 
 
+def _stopping(session: Session, trial: SweepTrialRow) -> int:
+    """A pruned or cancelled trial's job, until its worker has stopped it: the steps it
+    trained (1 while it still runs, else 0)."""
+    job = session.get(JobRow, trial.job_id, populate_existing=True)
+    if job is None:
+        return 0
+    trial.steps = max(trial.steps, int((job.progress or {}).get("step") or 0))
+    return 0 if job.status in job_state.TERMINAL else 1
+
+
 def _report_only(session: Session, row: SweepRow, trial: SweepTrialRow, job: JobRow) -> None:
     """With no pruner the evaluations are still shown on the trial (not told to Optuna)."""
     metric = row.objective["metric"]
@@ -440,9 +450,12 @@ def advance(session: Session, settings: Settings, row: SweepRow) -> list[str]:
     the caller commits."""
     trials = repository.trials(session, row.id)
     optuna_study = _study(settings, row)
+    stopping = 0
     for trial in trials:
         if trial.state == "running":
             _follow(session, row, optuna_study, trial)
+        elif trial.job_id and trial.state in ("pruned", "cancelled"):
+            stopping += _stopping(session, trial)
     started: list[str] = []
     if row.status != "running":
         return started
@@ -459,6 +472,8 @@ def advance(session: Session, settings: Settings, row: SweepRow) -> list[str]:
         if trial.state == "running" and trial.job_id:
             running += 1
             started.append(trial.job_id)
-    if asked >= row.n_trials and all(t.state != "running" for t in trials):
+    # finished once every trial's job has ended too: a pruned job's trainer runs on for a
+    # moment after its trial ended, and its steps count
+    if asked >= row.n_trials and all(t.state != "running" for t in trials) and not stopping:
         _finish(session, row, trials)
     return started

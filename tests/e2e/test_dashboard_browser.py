@@ -320,3 +320,77 @@ def test_asks_for_the_api_key_when_the_server_has_keys(
         wait("the files list", lambda: "No files yet" in text_of(browser, "#files-table"))
         assert browser.execute_script("return localStorage.getItem('tunery_api_key')") == key
         browser.execute_script("localStorage.removeItem('tunery_api_key')")
+
+
+def test_sweep_page_shows_trials_over_time_and_parameters(
+    server: live.LiveServer, browser: Any, tmp_path: Path
+) -> None:
+    with server.client() as client:
+        file = upload(client, write_jsonl(tmp_path / "train.jsonl", sentiment_rows(120)))
+        response = client.post(
+            "/v1/fine_tuning/sweeps",
+            json={
+                "job": {
+                    "model": "tiny-bert",
+                    "training_file": file["id"],
+                    "seed": 1,
+                    "method": {
+                        "type": "supervised",
+                        "supervised": {
+                            "hyperparameters": {"n_epochs": 2, "batch_size": 8, "eval_steps": 5}
+                        },
+                    },
+                },
+                "search_space": {
+                    "method.supervised.hyperparameters.learning_rate": {
+                        "type": "log_uniform",
+                        "low": 1e-4,
+                        "high": 1e-2,
+                    },
+                    "training_type.r": {"type": "choice", "values": [4, 8]},
+                },
+                "objective": {"metric": "eval_loss"},
+                "n_trials": 2,
+                "max_parallel": 1,
+                "pruner": "none",
+                "seed": 2,
+            },
+        )
+        assert response.status_code == 200, response.text
+        sweep_id = response.json()["id"]
+
+    browser.get(f"{server.base_url}/#/sweeps")
+    wait("the sweep in the sweeps list", lambda: sweep_id in text_of(browser, "#sweeps-table"))
+    browser.get(f"{server.base_url}/#/sweeps/{sweep_id}")
+    wait(
+        "the first trial's evaluations on the chart",
+        lambda: browser.execute_script(
+            "const p = document.querySelector('#sweep-chart path[data-series=\"trial 0\"]');"
+            "return p ? Number(p.dataset.count) : 0;"
+        ),
+        240,
+    )
+    shot(browser, "09-sweep-running")
+    wait(
+        "the sweep to succeed",
+        lambda: "succeeded" in text_of(browser, ".page-head .pill").lower(),
+        400,
+    )
+    time.sleep(0.5)
+    trials = browser.execute_script(
+        "return [...document.querySelectorAll('#trials-table tbody tr')].map(r => r.dataset.state);"
+    )
+    assert trials == ["complete", "complete"], trials
+    assert "★" in text_of(browser, "#trials-table tr.best")
+    scatter = browser.execute_script(
+        "return [...document.querySelectorAll('#param-charts .chart')].map(c => [c.dataset.param,"
+        " Number((c.querySelector('path[data-series=\"complete\"]') || {dataset: {}})"
+        ".dataset.count || 0)]);"
+    )
+    assert sorted(scatter) == [
+        ["method.supervised.hyperparameters.learning_rate", 2],
+        ["training_type.r", 2],
+    ], scatter
+    assert "Sweep succeeded" in text_of(browser, "#sweep-events")
+    assert "2 / 2" in text_of(browser, "#trials-stat")
+    shot(browser, "10-sweep-succeeded")

@@ -111,8 +111,14 @@ def test_a_sweep_survives_a_killed_worker_prunes_and_deploys_its_best(
         (hopeless,) = [t for t in done["trials"] if t["params"][LR] == 1e-9]
         assert hopeless["state"] == "pruned", done
         assert hopeless["steps"] < 46
+        # the trial ends when it is pruned; its worker stops the job within a few seconds
+        deadline = time.monotonic() + 30
         stopped = client.get(f"/v1/fine_tuning/jobs/{hopeless['job_id']}").json()
-        assert stopped["status"] == "cancelled"
+        while stopped["status"] != "cancelled" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            stopped = client.get(f"/v1/fine_tuning/jobs/{hopeless['job_id']}").json()
+        assert stopped["status"] == "cancelled", stopped
+        assert stopped["progress"]["step"] < 46
         assert not trainer_pids(hopeless["job_id"])
         complete = [t for t in done["trials"] if t["state"] == "complete"]
         assert done["total_steps"] < 3 * 46

@@ -105,7 +105,7 @@ sys.exit(code)
         [sys.executable, "-I", "-c", code, "--help"], capture_output=True, text=True, timeout=120
     )
     assert usage.returncode == 0, usage.stderr
-    for verb in ("files", "jobs", "models", "deployments", "predict"):
+    for verb in ("files", "jobs", "sweeps", "models", "deployments", "predict"):
         assert verb in usage.stdout
 
 
@@ -125,7 +125,7 @@ def test_the_server_depends_on_the_client_and_adds_its_verbs_to_the_command() ->
     (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert set(subcommands.choices) == {
         *("serve", "api", "worker", "inference", "db", "keys"),
-        *("files", "jobs", "models", "deployments", "predict", "usage"),
+        *("files", "jobs", "sweeps", "models", "deployments", "predict", "usage"),
     }
 
 

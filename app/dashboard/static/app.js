@@ -1,5 +1,5 @@
 /* Tunery dashboard: a single page over the /v1 API. Hash routes:
- *   #/jobs  #/jobs/ID  #/files  #/files/ID  #/models  #/deployments
+ *   #/jobs  #/jobs/ID  #/sweeps  #/sweeps/ID  #/files  #/files/ID  #/models  #/deployments
  * Pages poll while something is moving (a running job, a loading deployment) and stop when
  * it ends. All text from the API reaches the page through textContent (see h()).
  */
@@ -838,11 +838,169 @@
       }));
   }
 
+  // -- sweeps ------------------------------------------------------------------------------------
+
+  const TRIAL_COLORS = ["#4f46e5", "#16a34a", "#f97316", "#0891b2", "#9333ea", "#db2777", "#ca8a04", "#64748b"];
+
+  function trialsDone(sweep) {
+    return sweep.trials.filter((t) => t.state !== "running").length;
+  }
+
+  async function sweepsPage() {
+    const mine = page;
+    const body = h("tbody", {}, emptyRow(6, "Loading…"));
+    app.replaceChildren(
+      h("div", { class: "page-head" }, h("h1", { text: "Sweeps" })),
+      card(null, h("table", { class: "table clickable", id: "sweeps-table" },
+        h("thead", {}, h("tr", {}, ["Sweep", "Status", "Trials", "Best", "Created", "Best model"].map((t) => h("th", { text: t })))),
+        body)),
+    );
+    const refresh = async () => {
+      const list = await api("/v1/fine_tuning/sweeps?limit=50");
+      if (mine !== page) return false;
+      body.replaceChildren(...(list.data.length ? list.data.map((sw) => h("tr", { "data-id": sw.id, onclick: () => { location.hash = "#/sweeps/" + sw.id; } },
+        h("td", {}, h("a", { href: "#/sweeps/" + sw.id, class: "mono", text: sw.id })),
+        h("td", {}, pill(sw.status)),
+        h("td", { class: "progress-cell" }, bar(trialsDone(sw) / sw.n_trials, sw.status), h("small", { text: `${trialsDone(sw)} of ${sw.n_trials}` })),
+        h("td", { text: `${sw.objective.metric} ${fmt(sw.best_value)}` }),
+        h("td", { class: "nowrap", title: stamp(sw.created_at), text: ago(sw.created_at) }),
+        h("td", { class: "mono small", text: sw.best_fine_tuned_model || "–" }),
+      )) : [emptyRow(6, "No sweeps yet: `tunery sweeps create --spec sweep.yaml` or POST /v1/fine_tuning/sweeps.")]));
+      return true;
+    };
+    try { await refresh(); } catch (e) { fail(body, e); return; }
+    poll(refresh, 3000);
+  }
+
+  // a parameter's value on a numeric axis: log10 for log ranges, the index for choices
+  function axisOf(dimension) {
+    if (dimension.type === "choice") {
+      const values = dimension.values.map((v) => JSON.stringify(v));
+      return { label: "choice index (" + dimension.values.join(", ") + ")", at: (v) => values.indexOf(JSON.stringify(v)) };
+    }
+    if (dimension.type === "log_uniform" || dimension.log) return { label: "log10", at: (v) => Math.log10(v) };
+    return { label: "value", at: (v) => v };
+  }
+
+  function trialValue(trial) {
+    if (typeof trial.value === "number") return trial.value;
+    const last = trial.intermediate_values[trial.intermediate_values.length - 1];
+    return last ? last[1] : null;
+  }
+
+  function renderSweepCharts(overTime, paramsBox, sweep) {
+    const metric = sweep.objective.metric;
+    // trials of one sweep often differ in the third or fourth digit
+    const precise = (v) => Number(v.toPrecision(4)).toString();
+    TinyChart.line(overTime, {
+      xLabel: "step", title: metric + " by step, per trial", yFormat: precise,
+      series: sweep.trials.map((t) => ({
+        name: `trial ${t.number}${t.state === "pruned" ? " (pruned)" : ""}`,
+        color: t.state === "pruned" ? "#dc2626" : TRIAL_COLORS[t.number % TRIAL_COLORS.length],
+        dashed: t.state === "pruned", markers: true, width: t.number === sweep.best_trial ? 3 : 1.5,
+        points: t.intermediate_values,
+      })),
+      emptyText: "Each trial's evaluations appear here as it trains.",
+    });
+    const charts = Object.entries(sweep.search_space).map(([path, dimension]) => {
+      const axis = axisOf(dimension);
+      const box = h("div", { class: "chart", "data-param": path });
+      const points = (state) => sweep.trials.filter((t) => t.state === state && trialValue(t) !== null && path in t.params)
+        .map((t) => [axis.at(t.params[path]), trialValue(t)]);
+      const node = card(path.split(".").pop() + " vs " + metric, box);
+      setTimeout(() => TinyChart.line(box, {
+        xLabel: `${path} (${axis.label})`, height: 200, yFormat: precise,
+        series: [
+          { name: "complete", color: "#16a34a", scatter: true, points: points("complete") },
+          { name: "pruned", color: "#dc2626", scatter: true, points: points("pruned") },
+          { name: "running", color: "#4f46e5", scatter: true, points: points("running") },
+        ],
+        emptyText: "Points appear as trials report.",
+      }), 0);
+      return node;
+    });
+    paramsBox.replaceChildren(...charts);
+  }
+
+  function renderTrials(box, sweep) {
+    const paths = Object.keys(sweep.search_space);
+    box.replaceChildren(h("table", { class: "table", id: "trials-table" },
+      h("thead", {}, h("tr", {}, ["Trial", "State", sweep.objective.metric, "Steps", ...paths.map((p) => p.split(".").pop()), "Job"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, sweep.trials.length ? sweep.trials.map((t) => h("tr", { class: t.number === sweep.best_trial ? "best" : "", "data-state": t.state },
+        h("td", { text: String(t.number) + (t.number === sweep.best_trial ? " ★" : "") }),
+        h("td", {}, pill(t.state)),
+        h("td", { text: fmt(t.value) }),
+        h("td", { text: fmt(t.steps) }),
+        ...paths.map((p) => h("td", { class: "mono small", text: fmt(t.params[p]) })),
+        h("td", {}, t.job_id ? h("a", { href: "#/jobs/" + t.job_id, class: "mono small", text: t.job_id }) : h("span", { class: "muted", text: t.error || "–" })),
+      )) : [emptyRow(5 + paths.length, "No trial yet.")])));
+  }
+
+  async function sweepPage(sweepId) {
+    const mine = page;
+    const head = h("div", { class: "page-head" });
+    const summary = h("div", { class: "stats" });
+    const errorBox = h("div");
+    const overTime = h("div", { class: "chart", id: "sweep-chart" });
+    const paramsBox = h("div", { class: "grid two", id: "param-charts" });
+    const trialsBox = h("div", { class: "scroll" });
+    const eventsBox = h("ol", { class: "events", id: "sweep-events" });
+    app.replaceChildren(
+      h("div", { class: "crumbs" }, h("a", { href: "#/sweeps", text: "Sweeps" }), " / ", h("span", { class: "mono", text: sweepId })),
+      head, errorBox, summary,
+      card("Objective over time", overTime),
+      paramsBox,
+      card("Trials", trialsBox),
+      card("Events", eventsBox),
+    );
+    const refresh = async () => {
+      const [sweep, events] = await Promise.all([
+        api(`/v1/fine_tuning/sweeps/${encodeURIComponent(sweepId)}`),
+        api(`/v1/fine_tuning/sweeps/${encodeURIComponent(sweepId)}/events?limit=100`),
+      ]);
+      if (mine !== page) return false;
+      const actions = h("div", { class: "row" });
+      if (sweep.status === "running") {
+        actions.appendChild(h("button", { class: "danger", id: "cancel-sweep", type: "button", text: "Cancel sweep", onclick: async (ev) => {
+          if (!confirm(`Cancel ${sweep.id} and its running trials?`)) return;
+          ev.target.disabled = true;
+          try { await api(`/v1/fine_tuning/sweeps/${sweep.id}/cancel`, { method: "POST" }); toast("Sweep cancelled."); }
+          catch (e) { toast(e.message, "error"); ev.target.disabled = false; }
+        } }));
+      }
+      if (sweep.best_fine_tuned_model) {
+        actions.appendChild(h("button", { class: "primary", type: "button", text: "Deploy best", onclick: () => deploy(sweep.best_fine_tuned_model) }));
+      }
+      head.replaceChildren(
+        h("div", {}, h("h1", { class: "mono", text: sweep.id }), h("div", { class: "subtitle" }, pill(sweep.status), " ", sweep.job.model, ` · ${sweep.sampler} sampler · ${sweep.pruner} pruner`)),
+        actions);
+      errorBox.replaceChildren(...(sweep.error ? [h("div", { class: "notice error", text: sweep.error.message })] : []));
+      const stat = (label, value, sub, id) => h("div", { class: "stat", id }, h("span", { class: "label", text: label }), h("span", { class: "value", text: value }), sub ? h("span", { class: "sub", text: sub }) : null);
+      const pruned = sweep.trials.filter((t) => t.state === "pruned").length;
+      summary.replaceChildren(
+        stat("Trials", `${trialsDone(sweep)} / ${sweep.n_trials}`, `${sweep.max_parallel} at a time; ${pruned} pruned`, "trials-stat"),
+        stat("Best " + sweep.objective.metric, fmt(sweep.best_value), sweep.best_trial === null ? sweep.objective.direction : `trial ${sweep.best_trial}`, "best-stat"),
+        stat("Steps trained", fmt(sweep.total_steps), "all trials"),
+        stat("Best model", sweep.best_fine_tuned_model ? "ready" : "–", sweep.best_fine_tuned_model || "when the sweep ends"),
+      );
+      renderSweepCharts(overTime, paramsBox, sweep);
+      renderTrials(trialsBox, sweep);
+      renderEvents(eventsBox, events.data);
+      return !TERMINAL.has(sweep.status);
+    };
+    try {
+      if (!(await refresh())) { setLive(false); return; }
+    } catch (e) { fail(summary, e); return; }
+    poll(refresh, 2000);
+  }
+
   // -- router -----------------------------------------------------------------------------------
 
   const ROUTES = [
     [/^#\/jobs\/([^/?]+)$/, jobPage, "jobs"],
     [/^#\/jobs\/?$/, jobsPage, "jobs"],
+    [/^#\/sweeps\/([^/?]+)$/, sweepPage, "sweeps"],
+    [/^#\/sweeps\/?$/, sweepsPage, "sweeps"],
     [/^#\/files\/([^/?]+)$/, filePage, "files"],
     [/^#\/files\/?$/, filesPage, "files"],
     [/^#\/models\/?$/, modelsPage, "models"],

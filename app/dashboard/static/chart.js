@@ -2,7 +2,7 @@
  * shows every series' value at the step under the pointer. No dependencies.
  *
  *   TinyChart.line(element, {
- *     series: [{name, color, points: [[x, y], ...], dashed, markers}],
+ *     series: [{name, color, points: [[x, y], ...], dashed, markers, scatter}],
  *     xLabel: "step", yFormat: (v) => string, height: 240, logY: false,
  *   })
  *
@@ -117,11 +117,12 @@
       const pts = [...s.points].sort((a, b) => a[0] - b[0]);
       const d = pts.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
       el("path", {
-        d, fill: "none", stroke: s.color, "stroke-width": s.width || 2,
+        // a scatter keeps its (unstroked) path: the browser test counts points on it
+        d, fill: "none", stroke: s.scatter ? "none" : s.color, "stroke-width": s.width || 2,
         "stroke-dasharray": s.dashed ? "5 4" : "none", "stroke-linejoin": "round",
         "stroke-linecap": "round", "data-series": s.name, "data-count": pts.length, class: "tchart-line",
       }, svg);
-      if (s.markers || pts.length === 1) {
+      if (s.markers || s.scatter || pts.length === 1) {
         for (const p of pts) {
           el("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 3.5, fill: "#fff", stroke: s.color, "stroke-width": 2 }, svg);
         }

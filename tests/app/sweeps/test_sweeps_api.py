@@ -317,6 +317,8 @@ def test_pruning_stops_a_trial_that_falls_behind(api: Api, file_id: str) -> None
     with sessions(api)() as session:
         job = session.get(JobRow, third["job_id"])
         assert job is not None and job.cancel_requested and job.status == "running"
+        # the trainer ran on a little before the worker saw the flag: those steps count
+        outcomes.progressed(job, 13, 40, 1.3, 0, time.time())
         # the worker sees the flag and stops the trainer, as for a cancel
         outcomes.cancelled(session, job)
         session.commit()
@@ -325,7 +327,9 @@ def test_pruning_stops_a_trial_that_falls_behind(api: Api, file_id: str) -> None
     assert optuna_states(api, sweep_id)[2] == TrialState.PRUNED
     # the pruned trial frees its place: the fourth starts
     driver(api).run_once()
-    assert [t["number"] for t in running_trials(get(api, sweep_id))] == [3]
+    now = get(api, sweep_id)
+    assert [t["number"] for t in running_trials(now)] == [3]
+    assert now["trials"][2]["steps"] == 13
 
 
 def test_cancel_stops_running_trials_and_leaves_none_running_in_optuna(
