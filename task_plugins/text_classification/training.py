@@ -28,7 +28,7 @@ from worker.training.plugin import SAFE_LOAD, ComputeMetrics, PreprocessLogits, 
 
 class TextClassificationTrainer(TaskTrainer):
     plugin = TASK
-    peft_task_type = TaskType.SEQ_CLS
+    peft_task_type: TaskType | None = TaskType.SEQ_CLS
     stratify_by = "label"
 
     def check_base_model(self, config: PretrainedConfig, base_dir: Path) -> None:
