@@ -2,6 +2,7 @@
 through its real code and writes a JSON report and a short text table.
 
     python bench/gpu_check.py [--out DIR] [--dry-run] [--only STEP,STEP] [--peak-tflops N]
+    bash bench/gpu_check_device.sh [ARGS]    # on a lent device, with bench/gpu_check_wheels.sh
 
 On a CUDA machine it runs in about 5 minutes (budget: 8) with no internet: it builds its own
 models (a ~200M-parameter Llama-shaped decoder and a BERT-base-shaped encoder with random
