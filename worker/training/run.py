@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PretrainedConfig, TrainingArguments, set_seed
+from transformers import PretrainedConfig, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
@@ -189,6 +189,9 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     trainer.add_callback(EventCallback(events, spec.task, started))
     trainer.add_callback(schedule)
     trainer.add_callback(CheckpointHandoff(spec, splits.labels, schedule, events, ranks.is_main))
+    if isinstance(collator, TrainerCallback):
+        # a collator that follows the training (the step its augmentation is seeded by)
+        trainer.add_callback(collator)
     trainer.train(resume_from_checkpoint=resume_from)
     return _outcome(spec, trainer, schedule, splits.labels, events, ranks)
 
