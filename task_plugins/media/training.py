@@ -2,12 +2,12 @@
 
 The rows name a member of an uploaded zip; nothing is decoded ahead of time. The collator
 reads each batch's files straight from their archives, augments the training rows (a fresh
-random crop and flip per step), and runs the model's own processor. The augmentation draws
-from a generator seeded by (job seed, optimizer step, file, position), not from torch's
-global RNG: the Trainer collates the first batch after a resume before it restores the
-checkpoint's RNG state, so global draws would shift by a batch and a resumed job would not
-match an uninterrupted one. Labels, the validation checks and the
-metrics are text classification's.
+random crop and flip per epoch), and runs the model's own processor. The augmentation
+draws from a generator seeded by (job seed, epoch, file), not from torch's global RNG nor
+the step: the Trainer collates the first batch after a resume before it restores the
+checkpoint's RNG state, and accelerate's data loader collates one batch ahead, so either
+would shift by a batch and a resumed job would not match an uninterrupted one. Labels, the
+validation checks and the metrics are text classification's.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ class MediaCollator(TrainerCallback):
     The Trainer uses one collator for training and evaluation; the training rows are known
     by identity (the same dicts the training dataset hands out), and only they are augmented.
     It is also a callback (worker/training/run.py adds a collator that is one), to know the
-    optimizer step its augmentation is seeded by.
+    epoch its augmentation is seeded by.
     """
 
     def __init__(
@@ -189,29 +189,18 @@ class MediaCollator(TrainerCallback):
         self.augment = augment
         self.train_ids = {id(features) for features in train_features}
         self.seed = seed
-        self.step = 0
+        self.epoch = 0
         self._archives: dict[str, zipfile.ZipFile] = {}
-
-    def _follow(self, state: TrainerState) -> None:
-        self.step = int(state.global_step)
-
-    def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        self._follow(state)
 
     def on_epoch_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        self._follow(state)
+        # a resumed job starts inside an epoch (state.epoch 1.44: epoch 1)
+        self.epoch = math.floor((state.epoch or 0.0) + 1e-6)
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
-    ) -> None:
-        self._follow(state)
-
-    def generator(self, member: str, position: int) -> torch.Generator:
-        key = f"{self.seed}:{self.step}:{position}:{member}".encode()
+    def generator(self, member: str) -> torch.Generator:
+        """The draws of one file's augmentation in this epoch."""
+        key = f"{self.seed}:{self.epoch}:{member}".encode()
         return torch.Generator().manual_seed(zlib.crc32(key))
 
     def read(self, archive: str, member: str) -> bytes:
@@ -222,10 +211,10 @@ class MediaCollator(TrainerCallback):
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         generators = [
-            self.generator(features["file"], position)
+            self.generator(features["file"])
             if self.augment and id(features) in self.train_ids
             else None
-            for position, features in enumerate(batch)
+            for features in batch
         ]
         raw = [self.read(features["archive"], features["file"]) for features in batch]
         if self.modality == "image":

@@ -105,17 +105,18 @@ def test_resnet_recipes(tmp_path: Path, tiny_resnet: Path, training_type: dict[s
         assert reloaded.config.id2label == {0: "0", 1: "1", 2: "2"}
 
 
-def test_augmentation_is_seeded_by_the_step_not_the_global_rng() -> None:
+def test_augmentation_is_seeded_by_the_epoch_not_the_global_rng() -> None:
     image = Image.new("RGB", (40, 30))
     collator = MediaCollator("image", None, augment=True, train_features=[], seed=4)
-    collator.step = 7
-    first = [random_resized_crop(image, collator.generator("a.png", i)).size for i in range(5)]
+    collator.epoch = 1
+    names = [f"{i}.png" for i in range(6)]
+    first = [random_resized_crop(image, collator.generator(name)).size for name in names]
     torch.manual_seed(123)  # what a resumed job's global RNG may be at: it does not matter
-    again = [random_resized_crop(image, collator.generator("a.png", i)).size for i in range(5)]
+    again = [random_resized_crop(image, collator.generator(name)).size for name in names]
     assert again == first
     assert all(0 < w <= 40 and 0 < h <= 30 for w, h in first)
-    collator.step = 8
-    later = [random_resized_crop(image, collator.generator("a.png", i)).size for i in range(5)]
+    collator.epoch = 2
+    later = [random_resized_crop(image, collator.generator(name)).size for name in names]
     assert later != first
 
 
