@@ -76,6 +76,7 @@ class MediaClassificationTrainer(TextClassificationTrainer):
 
     modality: Modality
     peft_task_type: TaskType | None = None
+    counts_tokens = False
     # transformers' model_type -> class tables for the task
     mapping_names: dict[str, Any]
     auto_model: Any

@@ -362,7 +362,10 @@ def training_arguments(
             dataloader_num_workers=0,
             report_to="none",
             disable_tqdm=True,
-            include_num_input_tokens_seen="non_padding",
+            # pictures and sounds have no tokens (trained_tokens stays 0 for them)
+            include_num_input_tokens_seen=(
+                "non_padding" if trainer_for(spec.task).counts_tokens else "no"
+            ),
             # our features are exactly the model's inputs; PEFT wrappers hide the signature
             remove_unused_columns=False,
             label_names=["labels"],
