@@ -49,7 +49,7 @@ def decode_input(item: Any, modality: Modality, index: int, processor: Any) -> A
         if modality == "image":
             return load_image(data)
         rate = int(processor.sampling_rate)
-        return crop_clip(load_audio(data, rate), rate, random=False)
+        return crop_clip(load_audio(data, rate), rate, None)
     except ValueError as exc:
         raise PredictionInputError(f"inputs[{index}].{modality}: {exc}") from None
 

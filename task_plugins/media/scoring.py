@@ -64,4 +64,4 @@ def _decode(archives: dict[str, zipfile.ZipFile], row: Row, task: str, processor
     if modality_of(task) == "image":
         return load_image(data)
     rate = int(processor.sampling_rate)
-    return crop_clip(load_audio(data, rate), rate, random=False)
+    return crop_clip(load_audio(data, rate), rate, None)

@@ -2,15 +2,19 @@
 
 The rows name a member of an uploaded zip; nothing is decoded ahead of time. The collator
 reads each batch's files straight from their archives, augments the training rows (a fresh
-random crop and flip per epoch, from torch's RNG so a resumed job continues the same
-sequence), and runs the model's own processor. Labels, the validation checks and the
-metrics are text classification's.
+random crop and flip per epoch), and runs the model's own processor. The augmentation
+draws from a generator seeded by (job seed, epoch, file), not from torch's global RNG nor
+the step: the Trainer collates the first batch after a resume before it restores the
+checkpoint's RNG state, and accelerate's data loader collates one batch ahead, so either
+would shift by a batch and a resumed job would not match an uninterrupted one. Labels, the
+validation checks and the metrics are text classification's.
 """
 
 from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,14 @@ import numpy as np
 import torch
 from peft import TaskType
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 
 from app.failures import Failure
 from app.jobs.spec import TrainSpec
@@ -65,6 +76,7 @@ class MediaClassificationTrainer(TextClassificationTrainer):
 
     modality: Modality
     peft_task_type: TaskType | None = None
+    counts_tokens = False
     # transformers' model_type -> class tables for the task
     mapping_names: dict[str, Any]
     auto_model: Any
@@ -149,17 +161,20 @@ class MediaClassificationTrainer(TextClassificationTrainer):
             processor,
             augment=spec.hyperparameters.augmentation,
             train_features=train_set.features,
+            seed=spec.seed,
         )
 
     def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
         return MediaMetrics(labels), None
 
 
-class MediaCollator:
+class MediaCollator(TrainerCallback):
     """Rows naming zip members → the processor's tensors and the label ids.
 
     The Trainer uses one collator for training and evaluation; the training rows are known
     by identity (the same dicts the training dataset hands out), and only they are augmented.
+    It is also a callback (worker/training/run.py adds a collator that is one), to know the
+    epoch its augmentation is seeded by.
     """
 
     def __init__(
@@ -168,12 +183,26 @@ class MediaCollator:
         processor: Any,
         augment: bool,
         train_features: list[dict[str, Any]],
+        seed: int = 0,
     ) -> None:
         self.modality = modality
         self.processor = processor
         self.augment = augment
         self.train_ids = {id(features) for features in train_features}
+        self.seed = seed
+        self.epoch = 0
         self._archives: dict[str, zipfile.ZipFile] = {}
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        # a resumed job starts inside an epoch (state.epoch 1.44: epoch 1)
+        self.epoch = math.floor((state.epoch or 0.0) + 1e-6)
+
+    def generator(self, member: str) -> torch.Generator:
+        """The draws of one file's augmentation in this epoch."""
+        key = f"{self.seed}:{self.epoch}:{member}".encode()
+        return torch.Generator().manual_seed(zlib.crc32(key))
 
     def read(self, archive: str, member: str) -> bytes:
         opened = self._archives.get(archive)
@@ -182,20 +211,24 @@ class MediaCollator:
         return opened.read(member)
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        training = [self.augment and id(features) in self.train_ids for features in batch]
+        generators = [
+            self.generator(features["file"])
+            if self.augment and id(features) in self.train_ids
+            else None
+            for features in batch
+        ]
         raw = [self.read(features["archive"], features["file"]) for features in batch]
         if self.modality == "image":
-            images = [load_image(data) for data in raw]
             images = [
-                random_resized_crop(image) if train else image
-                for image, train in zip(images, training, strict=True)
+                random_resized_crop(load_image(data), rng) if rng is not None else load_image(data)
+                for data, rng in zip(raw, generators, strict=True)
             ]
             out = dict(self.processor(images=images, return_tensors="pt"))
         else:
             rate = int(self.processor.sampling_rate)
             clips = [
-                crop_clip(load_audio(data, rate), rate, train)
-                for data, train in zip(raw, training, strict=True)
+                crop_clip(load_audio(data, rate), rate, rng)
+                for data, rng in zip(raw, generators, strict=True)
             ]
             out = dict(audio_inputs(self.processor, clips, rate))
         out["labels"] = torch.tensor([features["labels"] for features in batch], dtype=torch.long)
@@ -209,7 +242,7 @@ def audio_inputs(processor: Any, clips: list[np.ndarray], rate: int) -> Any:
     return processor(clips, **kwargs)
 
 
-def random_resized_crop(image: Any) -> Any:
+def random_resized_crop(image: Any, rng: torch.Generator | None = None) -> Any:
     """A random crop of 8-100% of the area at a 3/4-4/3 aspect ratio (torchvision's
     RandomResizedCrop, before the processor resizes), flipped left-right half the time."""
     from PIL import Image
@@ -218,32 +251,35 @@ def random_resized_crop(image: Any) -> Any:
     area = width * height
     box = (0, 0, width, height)
     for _ in range(10):
-        target = area * _uniform(*CROP_SCALE)
-        ratio = math.exp(_uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
+        target = area * _uniform(*CROP_SCALE, rng=rng)
+        ratio = math.exp(_uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), rng=rng))
         w = round(math.sqrt(target * ratio))
         h = round(math.sqrt(target / ratio))
         if 0 < w <= width and 0 < h <= height:
-            left = int(torch.randint(0, width - w + 1, (1,)))
-            top = int(torch.randint(0, height - h + 1, (1,)))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=rng))
+            top = int(torch.randint(0, height - h + 1, (1,), generator=rng))
             box = (left, top, left + w, top + h)
             break
     cropped = image.crop(box)
-    if float(torch.rand(())) < 0.5:
+    if float(torch.rand((), generator=rng)) < 0.5:
         cropped = cropped.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return cropped
 
 
-def crop_clip(samples: np.ndarray, rate: int, random: bool) -> np.ndarray:
-    """At most MAX_CLIP_SECONDS of a clip: a random window in training, else the start."""
+def crop_clip(samples: np.ndarray, rate: int, rng: torch.Generator | None) -> np.ndarray:
+    """At most MAX_CLIP_SECONDS of a clip: a window drawn from `rng` (training), else the
+    start."""
     limit = int(MAX_CLIP_SECONDS * rate)
     if len(samples) <= limit:
         return samples
-    start = int(torch.randint(0, len(samples) - limit + 1, (1,))) if random else 0
+    start = 0
+    if rng is not None:
+        start = int(torch.randint(0, len(samples) - limit + 1, (1,), generator=rng))
     return samples[start : start + limit]
 
 
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand(()))
+def _uniform(low: float, high: float, rng: torch.Generator | None = None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=rng))
 
 
 class MediaMetrics(ClassificationMetrics):

@@ -47,6 +47,8 @@ class TaskTrainer(ABC):
     peft_task_type: TaskType | None
     # the row field a carved validation split keeps the proportions of (None: a plain split)
     stratify_by: str | None = None
+    # whether its inputs are tokens the Trainer counts (trained_tokens, tokens_per_second)
+    counts_tokens: bool = True
 
     @abstractmethod
     def check_base_model(self, config: PretrainedConfig, base_dir: Path) -> None:

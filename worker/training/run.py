@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PretrainedConfig, TrainingArguments, set_seed
+from transformers import PretrainedConfig, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
@@ -210,6 +210,9 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     warn_if_selection_is_noisy(hp, len(validation_set.features), events.message)
     trainer.add_callback(schedule)
     trainer.add_callback(CheckpointHandoff(spec, splits.labels, schedule, events, ranks.is_main))
+    if isinstance(collator, TrainerCallback):
+        # a collator that follows the training (the step its augmentation is seeded by)
+        trainer.add_callback(collator)
     trainer.train(resume_from_checkpoint=resume_from)
     return _outcome(spec, trainer, schedule, splits.labels, events, ranks)
 
@@ -410,7 +413,10 @@ def training_arguments(
             dataloader_num_workers=0,
             report_to="none",
             disable_tqdm=True,
-            include_num_input_tokens_seen="non_padding",
+            # pictures and sounds have no tokens (trained_tokens stays 0 for them)
+            include_num_input_tokens_seen=(
+                "non_padding" if trainer_for(spec.task).counts_tokens else "no"
+            ),
             # our features are exactly the model's inputs; PEFT wrappers hide the signature
             remove_unused_columns=False,
             label_names=["labels"],

@@ -608,8 +608,8 @@
     const mine = page;
     const body = h("tbody", {}, emptyRow(7, "Loading…"));
     const progress = h("div", { class: "bar hidden" }, h("div", { style: { width: "0%" } }));
-    const input = h("input", { type: "file", id: "file-input", accept: ".jsonl,.json,.csv" });
-    const status = h("span", { class: "muted", text: "JSONL or CSV: classification, prompt-completion or chat rows." });
+    const input = h("input", { type: "file", id: "file-input", accept: ".jsonl,.json,.csv,.zip" });
+    const status = h("span", { class: "muted", text: "JSONL or CSV: classification, prompt-completion or chat rows; a .zip of labelled images or sounds." });
     const send = async (file) => {
       progress.classList.remove("hidden");
       status.textContent = `Uploading ${file.name}…`;
@@ -671,7 +671,7 @@
         h("span", { class: "hbar-label", text: label }), h("span", { class: "hbar-track" }, h("span", { style: { width: (count / peak * 100) + "%" } })), h("span", { class: "hbar-value", text: fmt(count) }))))) : null,
       card("Validation report", errors.length ? h("table", { class: "table compact", id: "file-errors" },
         h("thead", {}, h("tr", {}, h("th", { text: "Line" }), h("th", { text: "Problem" }))),
-        h("tbody", {}, errors.map((e) => h("tr", {}, h("td", { class: "mono", text: e.line ? String(e.line) : "file" }), h("td", { text: e.message })))))
+        h("tbody", {}, errors.map((e) => h("tr", {}, h("td", { class: "mono", text: e.path ? e.path : (e.line ? String(e.line) : "file") }), h("td", { text: e.message })))))
         : h("p", { class: "ok", text: "Every row is valid." })),
     );
     setLive(false);

@@ -11,7 +11,7 @@ from peft import PeftModel
 from PIL import Image
 from transformers import AutoModelForImageClassification
 
-from task_plugins.media.training import random_resized_crop, top_k_accuracy
+from task_plugins.media.training import MediaCollator, random_resized_crop, top_k_accuracy
 from tests.support.media import digit_images, folder_zip
 from tests.support.models import build_tiny_resnet, build_tiny_vit
 from worker.training.run import train
@@ -105,13 +105,19 @@ def test_resnet_recipes(tmp_path: Path, tiny_resnet: Path, training_type: dict[s
         assert reloaded.config.id2label == {0: "0", 1: "1", 2: "2"}
 
 
-def test_random_resized_crop_is_seeded_by_torch() -> None:
+def test_augmentation_is_seeded_by_the_epoch_not_the_global_rng() -> None:
     image = Image.new("RGB", (40, 30))
-    torch.manual_seed(1)
-    first = [random_resized_crop(image).size for _ in range(5)]
-    torch.manual_seed(1)
-    assert [random_resized_crop(image).size for _ in range(5)] == first
+    collator = MediaCollator("image", None, augment=True, train_features=[], seed=4)
+    collator.epoch = 1
+    names = [f"{i}.png" for i in range(6)]
+    first = [random_resized_crop(image, collator.generator(name)).size for name in names]
+    torch.manual_seed(123)  # what a resumed job's global RNG may be at: it does not matter
+    again = [random_resized_crop(image, collator.generator(name)).size for name in names]
+    assert again == first
     assert all(0 < w <= 40 and 0 < h <= 30 for w, h in first)
+    collator.epoch = 2
+    later = [random_resized_crop(image, collator.generator(name)).size for name in names]
+    assert later != first
 
 
 def test_top_k_accuracy() -> None:
