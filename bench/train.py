@@ -482,9 +482,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--bare", metavar="CONFIG", help=argparse.SUPPRESS)
+    # dpo: a DPO job vs a bare TRL DPOTrainer script (bench/train_dpo.py)
+    parser.add_argument("--method", choices=("supervised", "dpo"), default="supervised")
+    parser.add_argument("--bare-dpo", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bare:
         return bare_main(args.bare)
+    if args.bare_dpo or args.method == "dpo":
+        import train_dpo
+
+        if args.bare_dpo:
+            return train_dpo.bare_main(args.bare_dpo)
+        with tempfile.TemporaryDirectory(prefix="tunery-bench-dpo-") as tmp:
+            try:
+                return train_dpo.main(args, Path(tmp))
+            except BenchError as exc:
+                print(f"benchmark failed: {exc}", file=sys.stderr)
+                return 1
 
     if args.model == MINILM:
         sys.path.insert(0, str(ROOT))

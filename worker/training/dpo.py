@@ -73,43 +73,42 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 
 def policy_logps(
-    model: nn.Module, inputs: dict[str, torch.Tensor], average: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log-probabilities of the rows, averaged per token when `average`; the summed
-    log-probabilities; the token counts), one forward over chosen and rejected together."""
+    model: nn.Module, inputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probability of each row's answer, its token count), one forward over the
+    chosen and rejected rows together."""
     logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-    summed, counts = sequence_logps(logits, inputs["labels"])
-    return (summed / counts.clamp(min=1) if average else summed), summed, counts
+    return sequence_logps(logits, inputs["labels"])
 
 
 def dpo_loss(
     method: DpoMethod,
     logps: torch.Tensor,
     reference: torch.Tensor,
-    summed: torch.Tensor,
     counts: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of a batch (chosen rows first, then rejected) and its reward statistics.
 
-    sigmoid: -logsigmoid(beta * ((pi_c - pi_r) - (ref_c - ref_r))); ipo: the same difference
-    of per-token averages, minus 1 / (2 beta), squared; sft_weight adds the negative
-    log-likelihood per token of the chosen answers.
+    With the log-ratios to the reference summed over each answer (c, r): sigmoid is
+    -logsigmoid(beta * (c - r)); ipo is ((c / n_c - r / n_r) - 1 / (2 beta))^2 on per-token
+    averages; sft_weight adds the negative log-likelihood per token of the chosen answers.
+    The rewards are beta * c and beta * r, as TRL 1.x computes them (DPOTrainer._compute_loss).
     """
     half = logps.shape[0] // 2
-    reference = reference.to(logps.dtype)
-    chosen, rejected = logps[:half], logps[half:]
-    ref_chosen, ref_rejected = reference[:half], reference[half:]
-    logits = (chosen - rejected) - (ref_chosen - ref_rejected)
+    # the log-ratios to the reference, summed over each answer's tokens (TRL's "scores")
+    ratios = logps - reference.to(logps.dtype)
+    chosen, rejected = ratios[:half], ratios[half:]
     if method.loss_type == "ipo":
-        losses = (logits - 1 / (2 * method.beta)) ** 2
+        per_token = ratios / counts.clamp(min=1)
+        losses = ((per_token[:half] - per_token[half:]) - 1 / (2 * method.beta)) ** 2
     else:
-        losses = -F.logsigmoid(method.beta * logits)
+        losses = -F.logsigmoid(method.beta * (chosen - rejected))
     loss = losses.mean()
     if method.sft_weight:
-        nll = -summed[:half].sum() / counts[:half].sum().clamp(min=1)
+        nll = -logps[:half].sum() / counts[:half].sum().clamp(min=1)
         loss = loss + method.sft_weight * nll
-    reward_chosen = method.beta * (chosen - ref_chosen).detach()
-    reward_rejected = method.beta * (rejected - ref_rejected).detach()
+    reward_chosen = method.beta * chosen.detach()
+    reward_rejected = method.beta * rejected.detach()
     stats = {
         "reward_chosen": reward_chosen.mean(),
         "reward_rejected": reward_rejected.mean(),
@@ -135,7 +134,7 @@ def add_reference_logps(
         for start in range(0, len(features), batch_size):
             rows = features[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collator(rows).items()}
-            logps, _, _ = policy_logps(model, batch, average=method.loss_type == "ipo")
+            logps, _ = policy_logps(model, batch)
             values = logps.double().cpu().tolist()
             for index, row in enumerate(rows):
                 row["reference_chosen_logps"] = values[index]
@@ -166,8 +165,8 @@ class DpoTrainer(GuardedTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> Any:
-        logps, summed, counts = policy_logps(model, inputs, average=self.method.loss_type == "ipo")
-        loss, stats = dpo_loss(self.method, logps, inputs["reference_logps"], summed, counts)
+        logps, counts = policy_logps(model, inputs)
+        loss, stats = dpo_loss(self.method, logps, inputs["reference_logps"], counts)
         bucket = self._stats["train" if model.training else "eval"]
         for name, value in stats.items():
             bucket[name].append(float(value))

@@ -43,29 +43,28 @@ def margins(model_dir: Path, base: Path, rows: list[dict[str, Any]]) -> torch.Te
     features = encode_preference(rows, tokenizer, 64).features
     batch = PreferenceCollator(int(tokenizer.pad_token_id or 0))(features)
     with torch.no_grad():
-        logps, _, _ = policy_logps(model.eval(), batch, average=False)
+        logps, _ = policy_logps(model.eval(), batch)
     return logps[: len(rows)] - logps[len(rows) :]
 
 
 def test_loss_matches_the_formulas() -> None:
-    logps = torch.tensor([-1.0, -2.0, -3.0, -2.5])  # chosen 2, then rejected 2
-    reference = torch.tensor([-1.5, -2.0, -2.0, -2.0])
-    summed, counts = logps * 2, torch.tensor([2, 2, 2, 2])
-    sigmoid, stats = dpo_loss(DpoMethod(type="dpo", beta=0.5), logps, reference, summed, counts)
-    logits = torch.tensor([(-1 + 3) - (-1.5 + 2), (-2 + 2.5) - (-2 + 2)])
-    assert float(sigmoid) == pytest.approx(float(-F.logsigmoid(0.5 * logits).mean()))
-    assert float(stats["reward_chosen"]) == pytest.approx(0.5 * (0.5 + 0.0) / 2)
-    assert float(stats["reward_rejected"]) == pytest.approx(0.5 * (-1.0 - 0.5) / 2)
+    logps = torch.tensor([-2.0, -4.0, -6.0, -5.0])  # summed: 2 chosen rows, then 2 rejected
+    reference = torch.tensor([-3.0, -4.0, -4.0, -4.0])
+    counts = torch.tensor([2, 4, 2, 1])
+    sigmoid, stats = dpo_loss(DpoMethod(type="dpo", beta=0.5), logps, reference, counts)
+    chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([-2.0, -1.0])
+    assert float(sigmoid) == pytest.approx(float(-F.logsigmoid(0.5 * (chosen - rejected)).mean()))
+    assert float(stats["reward_chosen"]) == pytest.approx(0.5 * (1.0 + 0.0) / 2)
+    assert float(stats["reward_rejected"]) == pytest.approx(0.5 * (-2.0 - 1.0) / 2)
+    assert float(stats["reward_margin"]) == pytest.approx(0.5 * (3.0 + 1.0) / 2)
     assert float(stats["reward_accuracy"]) == 1.0
-    ipo, _ = dpo_loss(
-        DpoMethod(type="dpo", beta=0.5, loss_type="ipo"), logps, reference, summed, counts
-    )
-    assert float(ipo) == pytest.approx(float(((logits - 1.0) ** 2).mean()))
-    with_sft, _ = dpo_loss(
-        DpoMethod(type="dpo", beta=0.5, sft_weight=2.0), logps, reference, summed, counts
-    )
-    nll = -(summed[:2].sum() / counts[:2].sum())
-    assert float(with_sft) == pytest.approx(float(sigmoid + 2.0 * nll))
+    ipo, _ = dpo_loss(DpoMethod(type="dpo", beta=0.5, loss_type="ipo"), logps, reference, counts)
+    per_token = torch.tensor([1.0 / 2 - -2.0 / 2, 0.0 / 4 - -1.0 / 1])
+    assert float(ipo) == pytest.approx(float(((per_token - 1.0) ** 2).mean()))
+    rpo = DpoMethod(type="dpo", beta=0.5, sft_weight=2.0)
+    with_sft, _ = dpo_loss(rpo, logps, reference, counts)
+    nll = (2.0 + 4.0) / (2 + 4)
+    assert float(with_sft) == pytest.approx(float(sigmoid) + 2.0 * nll)
 
 
 def test_only_the_answer_is_labelled() -> None:
