@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -118,11 +119,12 @@ def staging_dir(models_dir: Path, model: str) -> Path:
     return models_dir / STAGING_DIRNAME / model.replace("/", "--")
 
 
+# the Hub's repository names: letters, digits, '-', '_', '.'; not starting with '.' or '-'
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
 def check_model_id(model: str) -> None:
-    parts = model.split("/")
-    if not 1 <= len(parts) <= 2 or not all(
-        p and p not in (".", "..") and not p.startswith(".") for p in parts
-    ):
+    if not HUB_ID.fullmatch(model) or ".." in model:
         raise APIError(
             400,
             f"'{model}' is not a Hub model id; write it as org/name, e.g. "
