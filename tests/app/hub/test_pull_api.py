@@ -186,6 +186,9 @@ def test_auto_pull_off_names_the_pull_command(hub_api: Api, hub: FakeHub) -> Non
     assert response.status_code == 400
     assert f"tunery models pull {LLAMA}" in response.json()["error"]["message"]
     assert hub.requests == []  # off means off: the Hub is not asked
+    response = hub_api.client.post("/v1/deployments", json={"model": LLAMA})
+    assert response.status_code == 404
+    assert f"tunery models pull {LLAMA}" in response.json()["error"]["message"]
 
 
 def test_auto_pull_on_creates_the_job_with_the_pinned_commit(auto_api: Api, hub: FakeHub) -> None:
