@@ -19,7 +19,7 @@ from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
 from tests.app.conftest import Api, upload_text
-from tests.app.hub.conftest import CUSTOM_CODE, LLAMA, PICKLE_ONLY
+from tests.app.hub.conftest import BERT, CUSTOM_CODE, LLAMA, PICKLE_ONLY
 from tests.support.hub_server import FakeHub, folder_files
 
 PROMPTS = "".join(json.dumps({"prompt": f"p{i}", "completion": f" c{i}"}) + "\n" for i in range(10))
@@ -208,3 +208,22 @@ def test_auto_pull_on_creates_the_job_with_the_pinned_commit(auto_api: Api, hub:
         "/v1/fine_tuning/jobs", json={"model": PICKLE_ONLY, "training_file": file["id"]}
     )
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsafe_model"
+
+
+def test_auto_pull_on_deploys_a_hub_model_once_it_is_pulled(auto_api: Api, hub: FakeHub) -> None:
+    sha = hub.repos[BERT].refs["main"]
+    response = auto_api.client.post("/v1/deployments", json={"model": BERT})
+    assert response.status_code == 200, response.text
+    dep = response.json()
+    assert dep["model"] == BERT
+    pulls = auto_api.client.get("/v1/models/pulls").json()["data"]
+    assert [(p["model"], p["sha"], p["status"]) for p in pulls] == [(BERT, sha, "succeeded")]
+    assert auto_api.client.get(f"/v1/models/{BERT}").json()["sha"] == sha
+    # then it loads (no inference server listens in this test: the load is what fails)
+    loaded = auto_api.client.get(f"/v1/deployments/{dep['id']}").json()
+    assert loaded["status"] == "failed" and "pull" not in loaded["error"]["code"], loaded
+    # a pull that fails fails the deployment with the pull's error
+    hub.failing.add("model.safetensors")
+    dep = auto_api.client.post("/v1/deployments", json={"model": LLAMA}).json()
+    failed = auto_api.client.get(f"/v1/deployments/{dep['id']}").json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "hub_unreachable"
