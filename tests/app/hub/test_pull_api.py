@@ -101,6 +101,17 @@ def test_unsafe_repositories_are_refused_at_once(
     assert hub_api.client.get(f"/v1/models/{model}").status_code == 404
 
 
+def test_a_running_pull_is_joined_not_doubled(hub_api: Api, hub: FakeHub) -> None:
+    hub.slow["model.safetensors"] = 3.0
+    first = hub_api.client.post("/v1/models/pull", json={"model": LLAMA}).json()
+    again = hub_api.client.post("/v1/models/pull", json={"model": LLAMA}).json()
+    assert again["id"] == first["id"]
+    other = hub_api.client.post("/v1/models/pull", json={"model": LLAMA, "revision": "v1"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "pull_running"
+    assert pulled(hub_api, LLAMA)["id"] == first["id"]
+    assert len(hub.gets("model.safetensors")) == 1
+
+
 def test_a_failed_pull_reports_why_and_a_second_pull_resumes(hub_api: Api, hub: FakeHub) -> None:
     hub.failing.add("model.safetensors")
     failed = pulled(hub_api, LLAMA)
