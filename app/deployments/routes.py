@@ -9,7 +9,7 @@ import anyio
 from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import JSONResponse
 
-from app.deployments import service
+from app.deployments import repository, service
 from app.deployments.schemas import (
     DeploymentCreate,
     DeploymentPublic,
@@ -20,6 +20,9 @@ from app.deployments.schemas import (
 from app.deployments.sse import EventStream
 from app.deps import InferenceDep, PrincipalDep, ServingDep, SessionDep, SettingsDep
 from app.errors import stream_response
+from app.hub import service as hub_service
+from app.hub.deployments import load_after_pull
+from app.hub.pull import auto_pulled, plan
 
 router = APIRouter(prefix="/v1", tags=["deployments"])
 
@@ -34,6 +37,17 @@ def create_deployment(
     background: BackgroundTasks,
     body: DeploymentCreate,
 ) -> DeploymentPublic:
+    if settings.hub_auto_pull and auto_pulled(settings.models_dir, body.model):
+        # a Hub model not pulled yet: asked before the session's first query, pulled by the
+        # API, loaded once it is in place (app/hub/deployments.py)
+        found = plan(settings.models_dir, body.model)
+        pull_id = hub_service.pull_in_background(serving.make_session, settings.models_dir, found)
+        row = repository.add(session, body.model, principal.project_id)
+        session.commit()
+        background.add_task(
+            load_after_pull, serving, inference, pull_id, row.id, row.model, principal.project_id
+        )
+        return DeploymentPublic.of(row)
     row = service.create(session, settings.models_dir, body.model, principal.project_id)
     session.commit()  # the load runs after the response, with no session open
     background.add_task(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -118,11 +119,12 @@ def staging_dir(models_dir: Path, model: str) -> Path:
     return models_dir / STAGING_DIRNAME / model.replace("/", "--")
 
 
+# the Hub's repository names: letters, digits, '-', '_', '.'; not starting with '.' or '-'
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
 def check_model_id(model: str) -> None:
-    parts = model.split("/")
-    if not 1 <= len(parts) <= 2 or not all(
-        p and p not in (".", "..") and not p.startswith(".") for p in parts
-    ):
+    if not HUB_ID.fullmatch(model) or ".." in model:
         raise APIError(
             400,
             f"'{model}' is not a Hub model id; write it as org/name, e.g. "
@@ -179,7 +181,8 @@ def plan(models_dir: Path, model: str, revision: str = "main") -> Plan:
     staging = staging_dir(models_dir, model)
     try:
         info = HfApi(endpoint=endpoint()).model_info(model, revision=revision, files_metadata=True)
-        assert info.sha is not None
+        if info.sha is None:
+            raise httpx2.HTTPError(f"the model info of {model} names no commit sha")
         sha = info.sha
         listing = [(s.rfilename, s.size or 0) for s in info.siblings or []]
         names = [name for name, _ in listing]
@@ -207,13 +210,17 @@ def plan(models_dir: Path, model: str, revision: str = "main") -> Plan:
             param="model",
             code="models_dir_not_writable",
         ) from exc
-    config = json.loads((staging / "config.json").read_text())
-    task = task_plugins.task_of_config(config) if isinstance(config, dict) else None
+    loaded = json.loads((staging / "config.json").read_text())  # JSON: checked above
+    config: dict[str, object] = loaded if isinstance(loaded, dict) else {}
+    task = task_plugins.task_of_config(config)
     if task is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        architectures = config.get("architectures")
+        named = ", ".join(map(str, architectures)) if isinstance(architectures, list) else ""
         raise APIError(
             400,
             f"{model} is a {config.get('model_type', 'unknown')!s} model "
-            f"({', '.join(config.get('architectures') or []) or 'no architectures'}), which no "
+            f"({named or 'no architectures'}), which no "
             "Tunery task tunes; pull a text classifier base (BERT-like) or a causal LM "
             "(Llama-, Qwen-, GPT-2-like).",
             param="model",

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.deps import PrincipalDep, SessionDep, SessionmakerDep, SettingsDep
+from app.failures import APIError
 from app.hub import pull, service
 from app.hub.schemas import PullCreate
 
@@ -25,8 +26,16 @@ def pull_model(
     """Start pulling a base model (admin only); poll GET /v1/models/pulls/{id}."""
     service.check_admin(session, principal, settings.admin_project)
     running = service.running_pull(session, body.model)
-    if running is not None:
+    if running is not None and running.revision == body.revision:
         return service.pull_public(running)
+    if running is not None:
+        raise APIError(
+            409,
+            f"{body.model} is being pulled at revision '{running.revision}' ({running.id}); "
+            "wait for that pull to end, then pull this revision.",
+            param="revision",
+            code="pull_running",
+        )
     session.commit()  # the Hub is asked with no transaction open
     found = pull.plan(settings.models_dir, body.model, body.revision)
     service.check_replaceable(session, settings.models_dir, found)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,30 @@ def check_unused(session: Session, model: str, action: str = "removed") -> None:
             param="model",
             code="model_in_use",
         )
+
+
+def pull_in_background(
+    make_session: sessionmaker[Session], models_dir: Path, found: pull.Plan
+) -> str:
+    """Start a pull of `found` (or join the one running for the model); its id."""
+    with make_session() as session:
+        running = running_pull(session, found.model)
+        if running is not None:
+            return running.id
+        pull_id = record(session, found).id
+        session.commit()
+    start(make_session, models_dir, pull_id, found)
+    return pull_id
+
+
+def wait_for(
+    make_session: sessionmaker[Session], pull_id: str, every: float = 0.5
+) -> dict[str, Any]:
+    """Block until the pull ends (or is lost); its public object. Each look is a short
+    session of its own."""
+    while True:
+        with make_session() as session:
+            state = pull_public(get_pull(session, pull_id))
+        if state["status"] not in UNFINISHED:
+            return state
+        time.sleep(every)

@@ -152,6 +152,14 @@ def serving_spec(
             "base_model_dir": str(base.path),
             "artifact": None,
         }
+    if "/" in model_id and not model_id.startswith("ft:"):  # a Hub id, maybe
+        raise APIError(
+            404,
+            f"No model with id '{model_id}'. To serve a base model from the Hugging Face Hub, "
+            f"run `tunery models pull {model_id}` (an admin key; POST /v1/models/pull) first.",
+            param=param,
+            code="not_found",
+        )
     raise not_found("model", model_id, param=param)
 
 

@@ -168,9 +168,15 @@ def test_no_server_errors_and_responses_match_the_schema(
 
 def _excluded_checks(case: schemathesis.Case) -> list[Any]:
     excluded = [positive_data_acceptance, not_a_server_error]
-    if case.operation.path == "/v1/models/{model_id}/content":
+    if case.operation.path in (
+        "/v1/models/{model_id}/content",
+        "/v1/models/pull",
+        "/v1/models/pulls",
+        "/v1/models/pulls/{pull_id}",
+    ):
         # model ids hold slashes (org/name), so DELETE .../X/content is the deletion of a
-        # model named "X/content" (404), not an unsupported method (405)
+        # model named "X/content" (404), not an unsupported method (405); the same for
+        # DELETE /v1/models/pull and /v1/models/pulls/...
         excluded.append(unsupported_method)
     if case.operation.path == "/v1/files" and case.method == "POST":
         # a multipart part is bytes: a "number" or "null" sent as the file is a file holding

@@ -12,7 +12,8 @@ Enough of the Hub for `HfApi.model_info`, `HfApi.list_repo_tree`, `hf_hub_downlo
 Unknown repos, revisions and files answer 404 with the X-Error-Code the Hub sends, so
 huggingface_hub raises its own RepositoryNotFoundError & co. Faults for tests: `cut_after`
 drops the connection after N bytes of a file's next GET (a network cut mid-download);
-`failing` answers 500 to every GET of a file. `requests` records (method, path, Range).
+`failing` answers 500 to every GET of a file; `slow` waits that many seconds before each GET
+of a file. `requests` records (method, path, Range).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,6 +62,7 @@ class FakeHub:
         self.requests: list[tuple[str, str, str | None]] = []
         self.cut_after: dict[str, int] = {}
         self.failing: set[str] = set()
+        self.slow: dict[str, float] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -213,6 +216,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if head:
                 self._send(200, data, headers, head=True)
                 return
+            time.sleep(hub.slow.get(name, 0.0))
             if name in hub.failing:
                 self._send(500, b'{"error": "injected"}', {"Content-Type": "application/json"})
                 return

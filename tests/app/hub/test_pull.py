@@ -158,3 +158,17 @@ def test_a_pull_that_would_not_fit_fails_before_it_starts(
     assert (caught.value.status, caught.value.code) == (507, "insufficient_storage")
     assert "100 free" in caught.value.message
     assert hub.gets("model.safetensors") == []
+
+
+def test_a_model_no_task_tunes_is_refused_before_its_weights(
+    hub: FakeHub, tmp_path: Path, tiny_models: Path
+) -> None:
+    files = folder_files(tiny_models / "tiny-llama")
+    config = b'{"model_type": "fancy-unknown", "architectures": ["FancyThing"]}'
+    hub.add("tiny-org/fancy", {**files, "config.json": config})
+    with pytest.raises(APIError) as caught:
+        pull.plan(tmp_path, "tiny-org/fancy")
+    assert (caught.value.status, caught.value.code) == (400, "unsupported_model")
+    assert "fancy-unknown" in caught.value.message and "FancyThing" in caught.value.message
+    assert hub.gets("model.safetensors") == []
+    assert not (tmp_path / pull.STAGING_DIRNAME / "tiny-org--fancy").exists()

@@ -19,7 +19,7 @@ from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
 from tests.app.conftest import Api, upload_text
-from tests.app.hub.conftest import CUSTOM_CODE, LLAMA, PICKLE_ONLY
+from tests.app.hub.conftest import BERT, CUSTOM_CODE, LLAMA, PICKLE_ONLY
 from tests.support.hub_server import FakeHub, folder_files
 
 PROMPTS = "".join(json.dumps({"prompt": f"p{i}", "completion": f" c{i}"}) + "\n" for i in range(10))
@@ -99,6 +99,17 @@ def test_unsafe_repositories_are_refused_at_once(
     assert error["code"] == "unsafe_model" and words in error["message"]
     assert hub_api.client.get("/v1/models/pulls").json()["data"] == []
     assert hub_api.client.get(f"/v1/models/{model}").status_code == 404
+
+
+def test_a_running_pull_is_joined_not_doubled(hub_api: Api, hub: FakeHub) -> None:
+    hub.slow["model.safetensors"] = 3.0
+    first = hub_api.client.post("/v1/models/pull", json={"model": LLAMA}).json()
+    again = hub_api.client.post("/v1/models/pull", json={"model": LLAMA}).json()
+    assert again["id"] == first["id"]
+    other = hub_api.client.post("/v1/models/pull", json={"model": LLAMA, "revision": "v1"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "pull_running"
+    assert pulled(hub_api, LLAMA)["id"] == first["id"]
+    assert len(hub.gets("model.safetensors")) == 1
 
 
 def test_a_failed_pull_reports_why_and_a_second_pull_resumes(hub_api: Api, hub: FakeHub) -> None:
@@ -186,6 +197,9 @@ def test_auto_pull_off_names_the_pull_command(hub_api: Api, hub: FakeHub) -> Non
     assert response.status_code == 400
     assert f"tunery models pull {LLAMA}" in response.json()["error"]["message"]
     assert hub.requests == []  # off means off: the Hub is not asked
+    response = hub_api.client.post("/v1/deployments", json={"model": LLAMA})
+    assert response.status_code == 404
+    assert f"tunery models pull {LLAMA}" in response.json()["error"]["message"]
 
 
 def test_auto_pull_on_creates_the_job_with_the_pinned_commit(auto_api: Api, hub: FakeHub) -> None:
@@ -205,3 +219,22 @@ def test_auto_pull_on_creates_the_job_with_the_pinned_commit(auto_api: Api, hub:
         "/v1/fine_tuning/jobs", json={"model": PICKLE_ONLY, "training_file": file["id"]}
     )
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsafe_model"
+
+
+def test_auto_pull_on_deploys_a_hub_model_once_it_is_pulled(auto_api: Api, hub: FakeHub) -> None:
+    sha = hub.repos[BERT].refs["main"]
+    response = auto_api.client.post("/v1/deployments", json={"model": BERT})
+    assert response.status_code == 200, response.text
+    dep = response.json()
+    assert dep["model"] == BERT
+    pulls = auto_api.client.get("/v1/models/pulls").json()["data"]
+    assert [(p["model"], p["sha"], p["status"]) for p in pulls] == [(BERT, sha, "succeeded")]
+    assert auto_api.client.get(f"/v1/models/{BERT}").json()["sha"] == sha
+    # then it loads (no inference server listens in this test: the load is what fails)
+    loaded = auto_api.client.get(f"/v1/deployments/{dep['id']}").json()
+    assert loaded["status"] == "failed" and "pull" not in loaded["error"]["code"], loaded
+    # a pull that fails fails the deployment with the pull's error
+    hub.failing.add("model.safetensors")
+    dep = auto_api.client.post("/v1/deployments", json={"model": LLAMA}).json()
+    failed = auto_api.client.get(f"/v1/deployments/{dep['id']}").json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "hub_unreachable"
