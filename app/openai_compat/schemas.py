@@ -86,7 +86,8 @@ class ChatCompletionRequest(_Generation):
         if isinstance(choice, dict):
             function = choice.get("function")
             name = function.get("name") if isinstance(function, dict) else None
-            names = [t.get("function", {}).get("name") for t in self.tools if isinstance(t, dict)]
+            functions = [t.get("function") for t in self.tools if isinstance(t, dict)]
+            names = [f.get("name") for f in functions if isinstance(f, dict)]
             if name not in names:
                 raise APIError(
                     400,
