@@ -9,7 +9,8 @@ or a fuzzer, sends bodies the API refuses. `describe_api` completes the document
 FastAPI built it, from the same constants the code checks with:
 
 - constraints: chat messages and text parts, the generation ranges (max_tokens 1..2048,
-  temperature 0..2, top_p (0, 1], stop, seed, n = 1), which OpenAI parameters are ignored and
+  temperature 0..2, top_p (0, 1], stop, seed, n 1..16, logprobs, response_format, tools),
+  which OpenAI parameters are ignored and
   which are refused unless off, predict inputs and parameters, a file's `purpose`, list
   `limit`s, the `ft:` prefix of the ids only fine-tuned models have, LoRA
   `target_modules`, the 16 metadata keys, and the field pairs that exclude each other;
@@ -30,7 +31,13 @@ from fastapi import FastAPI
 
 from app.files.routes import MAX_FILES_LIMIT
 from app.files.service import PURPOSES
-from app.openai_compat.schemas import CHAT_UNSUPPORTED, COMPLETION_UNSUPPORTED, IGNORED
+from app.openai_compat.schemas import (
+    CHAT_UNSUPPORTED,
+    COMPLETION_UNSUPPORTED,
+    IGNORED,
+    MAX_N,
+    MAX_TOP_LOGPROBS,
+)
 from app.pagination import MAX_LIMIT
 
 # the inference server's limits (worker/inference/schemas.py)
@@ -42,6 +49,7 @@ MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 256
 MAX_NEW_TOKENS = 2048
 MAX_SEED = 2**63 - 1
+MAX_TOOLS = 128
 # app/jobs/schemas.py: JobCreate._limits
 MAX_METADATA_KEYS = 16
 
@@ -83,23 +91,134 @@ _TEXT_PART: Schema = {
     "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
     "required": ["type", "text"],
 }
+_TOOL_CALL: Schema = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "minLength": 1, "maxLength": 256},
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 256},
+                "arguments": {"type": "string", "maxLength": MAX_INPUT_CHARS},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["id", "function"],
+    "additionalProperties": False,
+}
 CHAT_MESSAGE: Schema = {
     "type": "object",
     "properties": {
         # "developer" is OpenAI's newer name for "system"
-        "role": {"enum": ["system", "developer", "user", "assistant"]},
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
         "content": {
             "anyOf": [
                 {"type": "string", "maxLength": MAX_INPUT_CHARS},
                 {"type": "array", "items": _TEXT_PART},
+                {"type": "null"},
             ]
         },
         "name": {"type": "string"},
         "refusal": {},
-        **{key: _off(_FALSY) for key in ("tool_calls", "function_call", "audio")},
+        # an assistant's calls (content may then be null); a tool message's answer to one
+        "tool_calls": {"type": "array", "items": _TOOL_CALL},
+        "tool_call_id": {"type": "string", "maxLength": 256},
+        **{key: _off(_FALSY) for key in ("function_call", "audio")},
     },
-    "required": ["role", "content"],
+    "required": ["role"],
     "additionalProperties": False,
+    "allOf": [
+        # a tool message names the call it answers
+        {
+            "if": {"properties": {"role": {"const": "tool"}}, "required": ["role"]},
+            "then": {"required": ["tool_call_id"]},
+        },
+        # content may be left out (or null) only by an assistant that calls tools
+        {
+            "if": {
+                "not": {
+                    "properties": {"role": {"const": "assistant"}, "tool_calls": {"minItems": 1}},
+                    "required": ["role", "tool_calls"],
+                }
+            },
+            "then": {
+                "properties": {"content": {"not": {"type": "null"}}},
+                "required": ["content"],
+            },
+        },
+    ],
+}
+_TOOL: Schema = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "function"},
+        "function": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "description": {"type": "string", "maxLength": MAX_INPUT_CHARS},
+                "parameters": {"type": "object"},
+                "strict": _nullable({"type": "boolean"}),
+            },
+            "required": ["name"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["type", "function"],
+    "additionalProperties": False,
+}
+_TOOL_CHOICE: Schema = {
+    "anyOf": [
+        {"enum": ["none", "auto", "required"]},
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 64}},
+                    "required": ["name"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["type", "function"],
+            "additionalProperties": False,
+        },
+    ]
+}
+_RESPONSE_FORMAT: Schema = {
+    "type": "object",
+    "properties": {
+        "type": {"enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                "description": {"type": "string"},
+                "schema": {"type": "object"},
+                "strict": _nullable({"type": "boolean"}),
+            },
+            "required": ["name"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["type"],
+    "additionalProperties": False,
+    # json_schema is given exactly when type is "json_schema"
+    "if": {"properties": {"type": {"const": "json_schema"}}},
+    "then": {"required": ["json_schema"]},
+    "else": {"not": {"required": ["json_schema"]}},
+}
+_TOP_LOGPROBS = _nullable({"type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS})
+# what the inference server takes besides GENERATION (worker/inference/schemas.py Parameters)
+_MORE_GENERATION: dict[str, Schema] = {
+    "n": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_N}),
+    "logprobs": _nullable({"type": "boolean"}),
+    "top_logprobs": _TOP_LOGPROBS,
+    "response_format": _nullable(_RESPONSE_FORMAT),
 }
 
 
@@ -120,8 +239,7 @@ def _generation_request(own: dict[str, Schema], unsupported: dict[str, Any]) -> 
         **own,
         "max_tokens": _NEW_TOKENS,
         **GENERATION,
-        # Tunery returns one choice per request
-        "n": _nullable({"type": "integer", "minimum": 1, "maximum": 1}),
+        "n": _MORE_GENERATION["n"],
         "stream": _nullable({"type": "boolean"}),
         "stream_options": _nullable({"$ref": "#/components/schemas/StreamOptions"}),
         **{name: {"description": "Accepted and ignored"} for name in sorted(IGNORED)},
@@ -157,6 +275,13 @@ def _constrain(components: dict[str, Schema]) -> None:
                 "maxItems": MAX_MESSAGES,
             },
             "max_completion_tokens": _NEW_TOKENS,
+            "logprobs": _MORE_GENERATION["logprobs"],
+            "top_logprobs": _TOP_LOGPROBS,
+            "response_format": _MORE_GENERATION["response_format"],
+            "tools": _nullable(
+                {"type": "array", "items": _TOOL, "minItems": 1, "maxItems": MAX_TOOLS}
+            ),
+            "tool_choice": _nullable(_TOOL_CHOICE),
         },
         CHAT_UNSUPPORTED,
     )
@@ -164,6 +289,21 @@ def _constrain(components: dict[str, Schema]) -> None:
     chat["allOf"] = [
         _both("max_tokens", "max_completion_tokens", {"type": "integer"}),
         _STREAM_OPTIONS_NEED_STREAM,
+        # top_logprobs needs logprobs; a tool_choice other than "none" needs tools
+        {
+            "if": {
+                "properties": {"top_logprobs": {"type": "integer", "minimum": 1}},
+                "required": ["top_logprobs"],
+            },
+            "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
+        },
+        {
+            "if": {
+                "properties": {"tool_choice": {"not": {"enum": ["none", None]}}},
+                "required": ["tool_choice"],
+            },
+            "then": {"properties": {"tools": {"type": "array"}}, "required": ["tools"]},
+        },
     ]
 
     prompt_text = {"type": "string", "minLength": 1, "maxLength": MAX_INPUT_CHARS}
@@ -176,7 +316,9 @@ def _constrain(components: dict[str, Schema]) -> None:
                     # a list of one prompt (token ids and several prompts are refused)
                     {"type": "array", "items": prompt_text, "minItems": 1, "maxItems": 1},
                 ]
-            }
+            },
+            # the legacy API's logprobs: the k likeliest tokens per position
+            "logprobs": _nullable({"type": "integer", "minimum": 0, "maximum": 5}),
         },
         COMPLETION_UNSUPPORTED,
     )
@@ -191,15 +333,21 @@ def _constrain(components: dict[str, Schema]) -> None:
                 "items": {
                     "type": "object",
                     "properties": {
-                        "role": {"enum": ["system", "user", "assistant"]},
+                        "role": {"enum": ["system", "user", "assistant", "tool"]},
                         "content": {"type": "string", "maxLength": MAX_INPUT_CHARS},
+                        "tool_calls": _nullable({"type": "array", "items": _TOOL_CALL}),
+                        "tool_call_id": _nullable({"type": "string", "maxLength": 256}),
                     },
-                    "required": ["role", "content"],
+                    "required": ["role"],
                     "additionalProperties": False,
                 },
                 "minItems": 1,
                 "maxItems": MAX_MESSAGES,
-            }
+            },
+            "tools": _nullable(
+                {"type": "array", "items": _TOOL, "minItems": 1, "maxItems": MAX_TOOLS}
+            ),
+            "tool_choice": _nullable(_TOOL_CHOICE),
         },
         "required": ["messages"],
         "additionalProperties": False,
@@ -216,6 +364,7 @@ def _constrain(components: dict[str, Schema]) -> None:
                 "top_k": _nullable({"type": "integer", "minimum": 1}),
                 "max_new_tokens": _NEW_TOKENS,
                 **GENERATION,
+                **_MORE_GENERATION,
             },
             "additionalProperties": False,
         }

@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.failures import APIError
 
+# the inference server's limits (worker/inference/schemas.py; tests/app/test_openapi.py
+# compares them)
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,6 +43,12 @@ class _Generation(BaseModel):
     stream_options: StreamOptions | None = None
 
     def check(self) -> None:
+        if self.n is not None and not 1 <= self.n <= MAX_N:
+            raise APIError(
+                400,
+                f"n is {self.n}; Tunery returns 1 to {MAX_N} choices per request.",
+                param="n",
+            )
         if self.stream_options is not None and not self.stream:
             raise APIError(
                 400, "stream_options is only allowed with stream=true.", param="stream_options"
@@ -61,6 +72,12 @@ class ChatCompletionRequest(_Generation):
 
     def check(self) -> None:
         super().check()
+        if self.top_logprobs is not None and not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise APIError(
+                400,
+                f"top_logprobs is {self.top_logprobs}; it must be 0 to {MAX_TOP_LOGPROBS}.",
+                param="top_logprobs",
+            )
         if self.top_logprobs and not self.logprobs:
             raise APIError(
                 400,
@@ -86,7 +103,8 @@ class ChatCompletionRequest(_Generation):
         if isinstance(choice, dict):
             function = choice.get("function")
             name = function.get("name") if isinstance(function, dict) else None
-            names = [t.get("function", {}).get("name") for t in self.tools if isinstance(t, dict)]
+            functions = [t.get("function") for t in self.tools if isinstance(t, dict)]
+            names = [f.get("name") for f in functions if isinstance(f, dict)]
             if name not in names:
                 raise APIError(
                     400,

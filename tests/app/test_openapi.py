@@ -51,6 +51,9 @@ def test_the_inference_servers_limits_are_the_ones_the_schema_states() -> None:
     assert bounds["Le"].le == openapi.MAX_NEW_TOKENS
     seed_bounds = {m.__class__.__name__: m for m in fields["seed"].metadata}
     assert seed_bounds["Le"].le == openapi.MAX_SEED
+    assert openapi.MAX_N == schemas.MAX_N
+    assert openapi.MAX_TOP_LOGPROBS == schemas.MAX_TOP_LOGPROBS
+    assert openapi.MAX_TOOLS == schemas.MAX_TOOLS
 
 
 # every create, and the reads and actions its links lead to
@@ -164,7 +167,7 @@ def test_every_operation_on_an_id_is_reached_by_a_link() -> None:
         ("ChatCompletionRequest", {"model": "m", "messages": [{"role": "user"}]}, False),
         (
             "ChatCompletionRequest",
-            {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2},
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 17},
             False,
         ),
         (
@@ -174,7 +177,7 @@ def test_every_operation_on_an_id_is_reached_by_a_link() -> None:
         ),
         (
             "ChatCompletionRequest",
-            {"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True},
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
             False,
         ),
         (
@@ -251,13 +254,15 @@ def test_the_schemas_verdicts_are_the_apis(api: Api) -> None:
     and a schema-valid one gets past validation (to the 503 of the missing inference server)."""
     chat = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}]}
     sent = [
-        ({**chat, "n": 2}, 400, "n"),
+        ({**chat, "n": 17}, 400, "n"),
         ({**chat, "max_tokens": 5, "max_completion_tokens": 5}, 400, "max_tokens"),
         ({**chat, "stream_options": {"include_usage": True}}, 400, "stream_options"),
-        ({**chat, "logprobs": True}, 400, "logprobs"),
+        ({**chat, "top_logprobs": 2}, 400, "top_logprobs"),
+        ({**chat, "tool_choice": "required"}, 400, "tool_choice"),
         ({**chat, "surprise": 1}, 400, "surprise"),
         ({**chat, "messages": [{"role": {}, "content": "x"}]}, 400, "messages.0.role"),
         ({**chat, "user": "u", "logprobs": False, "tool_choice": "none"}, 503, None),
+        ({**chat, "n": 2, "logprobs": True, "top_logprobs": 3}, 503, None),
     ]
     for body, status, param in sent:
         assert validator("ChatCompletionRequest").is_valid(body) is (status != 400), body

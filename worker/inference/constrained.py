@@ -20,7 +20,7 @@ import json
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -225,7 +225,16 @@ def mask(logits: torch.Tensor, rows: Sequence[RowConstraint | None]) -> torch.Te
         assert row is not None
         row.matcher.fill_next_token_bitmask(bitmask, i)
     masked = logits.clone()
+    # xgrammar's own CPU kernel on the CPU; on an accelerator its plain-torch path, which
+    # needs no kernel compiled at run time (the triton one is untested here)
+    backend: Literal["auto", "torch_native"] = (
+        "auto" if masked.device.type == "cpu" else "torch_native"
+    )
     xgr.apply_token_bitmask_inplace(
-        masked, bitmask.to(masked.device), vocab_size=logits.shape[-1], indices=constrained
+        masked,
+        bitmask.to(masked.device),
+        vocab_size=logits.shape[-1],
+        indices=constrained,
+        backend=backend,
     )
     return masked

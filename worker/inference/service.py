@@ -311,7 +311,16 @@ class InferenceService:
             if held is not None:
                 self.cache.release(spec.key, held)
             held = await asyncio.to_thread(self.acquire, spec, pin)
-        return self._start_stream(spec, held, item, parameters, emit)
+        job = Job(model=held, inputs=[item], parameters=parameters, emit=emit)
+        if parameters.get("response_format") or (not isinstance(item, str) and item.get("tools")):
+            # compiling a grammar (the first one indexes the whole vocabulary) must not stall
+            # the event loop
+            try:
+                await asyncio.to_thread(prepare, job)
+            except BaseException:
+                self.cache.release(spec.key, held)
+                raise
+        return self._start_stream(spec, held, item, parameters, emit, job)
 
     def _start_stream(
         self,
@@ -320,10 +329,12 @@ class InferenceService:
         item: PromptInput,
         parameters: Mapping[str, Any],
         emit: Callable[[str | dict[str, Any] | BaseException | None], None],
+        job: Job | None = None,
     ) -> threading.Event:
         """Submit a stream on `loaded` (acquired; released when the stream ends)."""
         try:
-            job = Job(model=loaded, inputs=[item], parameters=parameters, emit=emit)
+            if job is None:
+                job = Job(model=loaded, inputs=[item], parameters=parameters, emit=emit)
             # a stream reports problems before it starts, as an ordinary error response
             prepare(job)
             future = self._submit(job)

@@ -377,3 +377,23 @@ def test_the_family_is_read_off_the_template() -> None:
     assert tool_format("{{ tools }} <|python_tag|> ipython", tools, 0).family == "llama3_json"
     with pytest.raises(PredictionInputError, match="Hermes/Qwen"):
         tool_format("{{ tools }} [TOOL_CALLS]", tools, 0)
+
+
+def test_the_mask_touches_only_constrained_rows_and_leaves_what_the_grammar_allows(
+    llama_dir: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from worker.inference.constrained import RowConstraint, grammars_for, mask
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    vocab = len(tokenizer)
+    grammars = grammars_for(tokenizer, vocab, [tokenizer.eos_token_id])
+    row = RowConstraint(grammars.response_format(JSON_SCHEMA))
+    logits = torch.randn(3, vocab)
+    masked = mask(logits, [None, row, None])
+    assert torch.equal(masked[0], logits[0]) and torch.equal(masked[2], logits[2])
+    allowed = (masked[1] > float("-inf")).nonzero().flatten().tolist()
+    assert allowed and all(tokenizer.decode([t]).startswith("{") for t in allowed)
+    assert torch.equal(masked[1, allowed], logits[1, allowed])
+    assert mask(logits, [None, None, None]) is logits
