@@ -397,3 +397,23 @@ def test_the_mask_touches_only_constrained_rows_and_leaves_what_the_grammar_allo
     assert allowed and all(tokenizer.decode([t]).startswith("{") for t in allowed)
     assert torch.equal(masked[1, allowed], logits[1, allowed])
     assert mask(logits, [None, None, None]) is logits
+
+
+def test_the_n_sequences_of_an_input_share_one_prefill(
+    service: InferenceService, base: ModelSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.inference import scheduler
+
+    widths: list[int] = []
+    real = scheduler.prefill
+
+    def counted(module: Any, prompts: Any, *args: Any, **kwargs: Any) -> Any:
+        widths.append(len(prompts))
+        return real(module, prompts, *args, **kwargs)
+
+    options = {"temperature": 1.0, "seed": 21, "max_new_tokens": 6}
+    before = predict(service, base, "hello world", n=4, **options)
+    monkeypatch.setattr(scheduler, "prefill", counted)
+    shared = service.predict(base, ["hello world", "the movie was"], {**options, "n": 4})
+    assert widths == [2]  # two inputs, eight sequences
+    assert [dict(r) for r in shared[:4]] == before
