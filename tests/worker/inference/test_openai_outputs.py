@@ -417,3 +417,39 @@ def test_the_n_sequences_of_an_input_share_one_prefill(
     shared = service.predict(base, ["hello world", "the movie was"], {**options, "n": 4})
     assert widths == [2]  # two inputs, eight sequences
     assert [dict(r) for r in shared[:4]] == before
+
+
+LLAMA3_STYLE_TEMPLATE = (
+    "{% if tools %}<|system|>\nEnvironment: ipython\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    'Reply with a call as {"name": <name>, "parameters": <JSON object>}{{ eos_token }}\n'
+    "{% endif %}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_a_llama3_style_template_gets_json_calls_forced_and_parsed(
+    service: InferenceService, tool_base: ModelSpec, models_root: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    target = models_root / "llama3-tools"
+    if not target.exists():
+        import shutil
+
+        shutil.copytree(tool_base.base_model_dir, target)
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        tokenizer.chat_template = LLAMA3_STYLE_TEMPLATE
+        tokenizer.save_pretrained(target)
+    spec = ModelSpec(**lm_spec(target, None, key="base:llama3-tools"))
+    item = {**CHAT, "tools": [WEATHER], "tool_choice": "required"}
+    (result,) = predict(service, spec, item, temperature=0, max_new_tokens=120)
+    assert result["finish_reason"] == "tool_calls" and result["text"] == ""
+    (call,) = result["tool_calls"]
+    assert call["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["arguments"]), WEATHER["function"]["parameters"])
+    *deltas, closing = stream(service, spec, item, temperature=0, max_new_tokens=120)
+    assert "".join(d["text"] for d in deltas) == "" and closing["tool_calls"] == [call]
