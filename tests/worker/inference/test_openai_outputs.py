@@ -33,7 +33,7 @@ SCHEMA = {
     "additionalProperties": False,
 }
 JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA}}
-WEATHER = {
+WEATHER: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -49,7 +49,7 @@ WEATHER = {
         },
     },
 }
-TIME = {
+TIME: Any = {
     "type": "function",
     "function": {
         "name": "get_time",
@@ -301,7 +301,7 @@ def test_a_required_tool_call_is_parsed_into_tool_calls(
         arguments = json.loads(call["arguments"])
         tool = WEATHER if call["name"] == "get_weather" else TIME
         assert call["name"] in ("get_weather", "get_time")
-        jsonschema.validate(arguments, tool["function"]["parameters"])  # type: ignore[index]
+        jsonschema.validate(arguments, tool["function"]["parameters"])
 
 
 def test_a_named_tool_choice_calls_that_function_also_when_streamed(
