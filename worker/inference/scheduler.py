@@ -286,16 +286,26 @@ class DecodeEngine:
 
     def _prefill(self, key: Hashable, sequences: list[_Sequence]) -> None:
         pad_id = _pad_id(self.shared, sequences[0])
+        # the n sequences of one input share a prompt: prefill it once and copy its row
+        firsts: dict[tuple[int, int], int] = {}
+        rows = [
+            firsts.setdefault((id(s.request), s.index // s.options.n), len(firsts))
+            for s in sequences
+        ]
+        unique = [sequences[rows.index(i)] for i in range(len(firsts))]
         try:
-            with self.shared.running([s.adapter for s in sequences]) as (module, extra):
+            with self.shared.running([s.adapter for s in unique]) as (module, extra):
                 kv, logits = prefill(
                     module,
-                    [s.prompt for s in sequences],
+                    [s.prompt for s in unique],
                     pad_id,
                     self.shared.device,
                     extra,
                     last_only=self._last_only,
                 )
+            if len(unique) < len(sequences):
+                kv = keep(kv, rows)
+                logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
             picks = _pick(logits, sequences)
         except BaseException as exc:
             self._fail(sequences, exc)

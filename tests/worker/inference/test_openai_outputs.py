@@ -33,7 +33,7 @@ SCHEMA = {
     "additionalProperties": False,
 }
 JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA}}
-WEATHER = {
+WEATHER: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -49,7 +49,7 @@ WEATHER = {
         },
     },
 }
-TIME = {
+TIME: Any = {
     "type": "function",
     "function": {
         "name": "get_time",
@@ -301,7 +301,7 @@ def test_a_required_tool_call_is_parsed_into_tool_calls(
         arguments = json.loads(call["arguments"])
         tool = WEATHER if call["name"] == "get_weather" else TIME
         assert call["name"] in ("get_weather", "get_time")
-        jsonschema.validate(arguments, tool["function"]["parameters"])  # type: ignore[index]
+        jsonschema.validate(arguments, tool["function"]["parameters"])
 
 
 def test_a_named_tool_choice_calls_that_function_also_when_streamed(
@@ -394,6 +394,62 @@ def test_the_mask_touches_only_constrained_rows_and_leaves_what_the_grammar_allo
     masked = mask(logits, [None, row, None])
     assert torch.equal(masked[0], logits[0]) and torch.equal(masked[2], logits[2])
     allowed = (masked[1] > float("-inf")).nonzero().flatten().tolist()
-    assert allowed and all(tokenizer.decode([t]).startswith("{") for t in allowed)
+    assert allowed and all(str(tokenizer.decode([t])).startswith("{") for t in allowed)
     assert torch.equal(masked[1, allowed], logits[1, allowed])
     assert mask(logits, [None, None, None]) is logits
+
+
+def test_the_n_sequences_of_an_input_share_one_prefill(
+    service: InferenceService, base: ModelSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.inference import scheduler
+
+    widths: list[int] = []
+    real = scheduler.prefill
+
+    def counted(module: Any, prompts: Any, *args: Any, **kwargs: Any) -> Any:
+        widths.append(len(prompts))
+        return real(module, prompts, *args, **kwargs)
+
+    options = {"temperature": 1.0, "seed": 21, "max_new_tokens": 6}
+    before = predict(service, base, "hello world", n=4, **options)
+    monkeypatch.setattr(scheduler, "prefill", counted)
+    shared = service.predict(base, ["hello world", "the movie was"], {**options, "n": 4})
+    assert widths == [2]  # two inputs, eight sequences
+    assert [dict(r) for r in shared[:4]] == before
+
+
+LLAMA3_STYLE_TEMPLATE = (
+    "{% if tools %}<|system|>\nEnvironment: ipython\n"
+    "{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    'Reply with a call as {"name": <name>, "parameters": <JSON object>}{{ eos_token }}\n'
+    "{% endif %}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_a_llama3_style_template_gets_json_calls_forced_and_parsed(
+    service: InferenceService, tool_base: ModelSpec, models_root: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    target = models_root / "llama3-tools"
+    if not target.exists():
+        import shutil
+
+        shutil.copytree(tool_base.base_model_dir, target)
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        tokenizer.chat_template = LLAMA3_STYLE_TEMPLATE
+        tokenizer.save_pretrained(target)
+    spec = ModelSpec(**lm_spec(target, None, key="base:llama3-tools"))
+    item = {**CHAT, "tools": [WEATHER], "tool_choice": "required"}
+    (result,) = predict(service, spec, item, temperature=0, max_new_tokens=120)
+    assert result["finish_reason"] == "tool_calls" and result["text"] == ""
+    (call,) = result["tool_calls"]
+    assert call["name"] == "get_weather"
+    jsonschema.validate(json.loads(call["arguments"]), WEATHER["function"]["parameters"])
+    *deltas, closing = stream(service, spec, item, temperature=0, max_new_tokens=120)
+    assert "".join(d["text"] for d in deltas) == "" and closing["tool_calls"] == [call]
