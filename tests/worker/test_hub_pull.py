@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from huggingface_hub import constants
 
 from app.models.registry import PULL_MARKER
 from app.models.service import serving_spec
@@ -111,3 +112,22 @@ def test_a_worker_does_not_train_on_another_commit_than_the_jobs(
     assert runner.run(job["id"]) == "failed"
     error = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["error"]
     assert error["code"] == "base_model_changed" and job["model_sha"] in error["message"]
+
+
+def test_a_worker_that_cannot_reach_the_hub_fails_the_job_with_the_reason(
+    auto_api: Api,  # noqa: F811
+    hub: FakeHub,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = auto_api
+    file = upload_text(api, "train.jsonl", PROMPTS)
+    job = api.client.post(
+        "/v1/fine_tuning/jobs", json={"model": LLAMA, "training_file": file["id"]}
+    ).json()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # this worker runs offline
+    app_state = api.client.app.state  # type: ignore[attr-defined]
+    runner = JobRunner(api.settings, app_state.sessionmaker, app_state.store)
+    assert runner.run(job["id"]) == "failed"
+    error = api.client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["error"]
+    assert (error["code"], error["param"]) == ("hub_offline", "model")
+    assert "HF_HUB_OFFLINE" in error["message"]
