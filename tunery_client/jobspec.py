@@ -143,16 +143,17 @@ def build_job(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _hyperparameters_of(body: dict[str, Any]) -> dict[str, Any]:
-    """Where the body keeps its hyperparameters: method.supervised (OpenAI's current shape),
-    unless the spec file used the older top-level `hyperparameters`."""
+    """Where the body keeps its hyperparameters: method.<type> (OpenAI's current shape:
+    method.supervised, or method.dpo for a DPO job), unless the spec file used the older
+    top-level `hyperparameters`."""
     if "hyperparameters" in body and "method" not in body:
         top: dict[str, Any] = dict(body["hyperparameters"] or {})
         body["hyperparameters"] = top
         return top
     method = body.setdefault("method", {"type": "supervised"})
-    supervised = method.setdefault("supervised", {})
-    hp: dict[str, Any] = dict(supervised.get("hyperparameters") or {})
-    supervised["hyperparameters"] = hp
+    settings = method.setdefault(str(method.get("type") or "supervised"), {})
+    hp: dict[str, Any] = dict(settings.get("hyperparameters") or {})
+    settings["hyperparameters"] = hp
     return hp
 
 

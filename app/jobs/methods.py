@@ -31,6 +31,26 @@ def check_method(method: str, task: str, model: str) -> None:
     )
 
 
+# supervised options that mean nothing to DPO (its loss is on the answers; the chosen and
+# rejected sequences are padded into one batch)
+_NOT_FOR_DPO = ("train_on_inputs", "packing")
+
+
+def check_dpo_options(request: JobCreate) -> None:
+    """A 400 for a supervised-only option set on a DPO job."""
+    if method_of(request) != task_plugins.DPO:
+        return
+    asked = request.requested_hyperparameters()
+    for name in _NOT_FOR_DPO:
+        if getattr(asked, name) is True:
+            raise APIError(
+                400,
+                f"method.dpo.hyperparameters.{name} does not apply to DPO, which takes its loss "
+                "on the preferred and non-preferred answers; leave it out.",
+                param=f"method.dpo.hyperparameters.{name}",
+            )
+
+
 def method_settings(request: JobCreate) -> dict[str, Any]:
     """The method's own settings with their values for this job (none for supervised)."""
     if method_of(request) != task_plugins.DPO:

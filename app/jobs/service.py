@@ -21,7 +21,13 @@ from app.files.formats import inspect_file
 from app.ids import new_id
 from app.jobs import repository, state
 from app.jobs.hyperparameters import DEFAULT_VALIDATION_SPLIT, resolve_hyperparameters
-from app.jobs.methods import check_method, method_of, method_settings, stored_method
+from app.jobs.methods import (
+    check_dpo_options,
+    check_method,
+    method_of,
+    method_settings,
+    stored_method,
+)
 from app.jobs.schemas import JobCreate
 from app.jobs.spec import (
     ADAPTER_TYPES,
@@ -256,6 +262,7 @@ def create_job(
     base = pending or _base_model(models_dir, request.model)
     method = method_of(request)
     check_method(method, base.task, base.id)
+    check_dpo_options(request)
     train = _checked_file(
         session, request.training_file, "training_file", base.task, project_id, method
     )

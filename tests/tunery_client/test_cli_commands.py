@@ -185,3 +185,26 @@ def test_the_api_key_is_sent_as_a_bearer_token(
     assert info.value.status == 401
     assert run(api, "files", "list", api_key=key) == 0
     assert "No files yet" in capsys.readouterr().out
+
+
+def test_jobs_create_dpo_spec_keeps_flags_under_method_dpo(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(12)]
+    path = write_jsonl(tmp_path / "prefs.jsonl", rows)
+    assert run(api, "files", "upload", str(path), "--json") == 0
+    file_id = str(json.loads(capsys.readouterr().out)["id"])
+    spec = tmp_path / "dpo.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "model": "tiny-llama",
+                "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}},
+            }
+        )
+    )
+    argv = ["jobs", "create", "--spec", str(spec), "--training-file", file_id]
+    assert run(api, *argv, "--batch-size", "4", "--json") == 0
+    job = json.loads(capsys.readouterr().out)
+    hp = job["method"]["dpo"]["hyperparameters"]
+    assert job["method"]["type"] == "dpo" and hp["beta"] == 0.2 and hp["batch_size"] == 4

@@ -79,6 +79,8 @@ def test_refusals_say_what_to_change(api: Api) -> None:
         (dpo_job(api, prefs, beta=3), "beta", "less than or equal to 2"),
         (dpo_job(api, prefs, loss_type="hinge"), "loss_type", "sigmoid"),
         (dpo_job(api, prefs, best_metric="perplexity"), "best_metric", "reward_accuracy"),
+        (dpo_job(api, prefs, train_on_inputs=True), "train_on_inputs", "does not apply to DPO"),
+        (dpo_job(api, prefs, packing=True), "packing", "does not apply to DPO"),
         (
             api.client.post(
                 "/v1/fine_tuning/jobs",
