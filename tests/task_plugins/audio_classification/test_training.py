@@ -26,6 +26,7 @@ def tiny_wav2vec2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def audio_spec(tmp_path: Path, base: Path, **hp: Any) -> dict[str, Any]:
     # 8 kHz clips: the 16 kHz model gets them resampled
+    tmp_path.mkdir(parents=True, exist_ok=True)
     archive = folder_zip(tmp_path / "tones.zip", tones(6, rate=8_000), suffix=".wav")
     out = tmp_path / "work"
     out.mkdir()
