@@ -39,6 +39,7 @@ from app.jobs.spec import (
 from app.models.registry import BaseModel, list_base_models, resolve_base_model
 from app.storage import ArtifactStore
 from app.tables import FileRow, JobCheckpointRow, JobRow
+from task_plugins.base import UploadRefused
 
 # the jobs TUNERY_QUOTA_CONCURRENT_JOBS counts: every one that has not finished
 QUOTA_STATUSES = tuple(sorted(state.ACTIVE))
@@ -470,6 +471,13 @@ def check_files_again(
                 "file_unreadable",
                 f"{what} cannot be read from the artifact store: {exc}. Upload it again and "
                 "create a new job.",
+                file.param,
+            ) from exc
+        except UploadRefused as exc:  # an archive the upload's rules now refuse
+            raise Failure(
+                "invalid_file",
+                f"{what} was refused when the job started: {exc}. Fix the archive, upload it "
+                "again and create a new job.",
                 file.param,
             ) from exc
         if not report.ok:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.app.conftest import Api, upload_text
 from tests.support.media import digit_images, folder_zip
 
@@ -59,3 +61,20 @@ def test_a_hostile_archive_is_refused_and_nothing_is_left(api: Api, tmp_path: Pa
     assert error["message"].startswith("evil.zip: 'cats/../../../etc/cron.d/x.png' climbs out")
     assert _stored_files(api) == []
     assert api.client.get("/v1/files").json()["data"] == []
+
+
+def test_an_archive_refused_when_the_job_starts_fails_the_job(tmp_path: Path) -> None:
+    from app.failures import Failure
+    from app.jobs.service import JobFile, check_files_again
+    from app.storage import ArtifactStore
+
+    store = ArtifactStore(f"file://{tmp_path / 'store'}", tmp_path / "cache")
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr(zipfile.ZipInfo("/abs/1.png"), b"x")
+    store.write_stream("files/file-1/evil.zip", iter([archive.read_bytes()]))
+    job_file = JobFile("training_file", "file-1", "files/file-1/evil.zip", "evil.zip")
+    with pytest.raises(Failure) as caught:
+        check_files_again(store, "image-classification", [job_file])
+    assert caught.value.code == "invalid_file" and caught.value.param == "training_file"
+    assert "absolute path" in caught.value.message
