@@ -131,7 +131,7 @@ def _format_hint(task: str, method: str) -> str:
 def _fine_tuned_start(session: Session, request: JobCreate, project_id: str) -> JobCreate:
     """A request whose model is a fine-tuned model ("ft:...", as OpenAI allows): the same
     request on that job's base model, from the checkpoint the fine-tuned model was exported
-    from (its best one, or the named checkpoint)."""
+    from (its result_step: the final one by default, or the named checkpoint)."""
     if not request.model.startswith("ft:"):
         return request
     if request.from_checkpoint is not None:
@@ -145,8 +145,12 @@ def _fine_tuned_start(session: Session, request: JobCreate, project_id: str) -> 
     checkpoint = repository.checkpoint_by_model_name(session, request.model)
     if checkpoint is None:
         job = repository.get(session, request.model.rsplit(":", 1)[-1], project_id)
-        if job is not None and job.fine_tuned_model == request.model and job.best_step is not None:
-            checkpoint = repository.checkpoint_at(session, job.id, job.best_step)
+        # the step it was exported from: the final one by default, the best when selected
+        step = None if job is None else job.result_step
+        if step is None and job is not None:
+            step = job.best_step  # jobs that finished before result_step existed
+        if job is not None and job.fine_tuned_model == request.model and step is not None:
+            checkpoint = repository.checkpoint_at(session, job.id, step)
     source = repository.get(session, checkpoint.job_id, project_id) if checkpoint else None
     if checkpoint is None or source is None:
         raise APIError(

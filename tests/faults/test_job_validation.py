@@ -77,7 +77,7 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("scheduler", hp(lr_scheduler="exponential"), f"{HP}.lr_scheduler", "'cosine'"),
     ("metric", hp(best_metric="bleu"), f"{HP}.best_metric", "'accuracy'"),
     ("type", {"training_type": {"type": "prefix"}}, "training_type", "'lora'"),
-    ("method", {"method": {"type": "dpo"}}, "method.type", "'supervised'"),
+    ("method", {"method": {"type": "reinforcement"}}, "method.type", "'supervised'"),
     ("suffix-path", {"suffix": "a/b"}, "suffix", "pattern"),
     # unknown fields, at every level
     ("top-level", {"epochs": 3}, "epochs", "unknown parameter"),

@@ -43,7 +43,8 @@ def test_bad_rows_are_reported_with_line_numbers(api: Api) -> None:
     assert [e["line"] for e in file["errors"]] == [11, 12]
     assert file["status_details"] == (
         'line 11: the row\'s keys (text) match no format; expected {"text", "label"}, '
-        '{"prompt", "completion"} or {"messages"} (and 1 more problem)'
+        '{"prompt", "completion"}, {"messages"}, {"input", "preferred_output", '
+        '"non_preferred_output"} or {"prompt", "chosen", "rejected"} (and 1 more problem)'
     )
 
 

@@ -122,7 +122,7 @@ def test_bad_requests_name_the_field(sdk: Sdk) -> None:
             {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
             "method.supervised.hyperparameters.n_epochs",
         ),
-        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
         ({"extra_body": {"training_type": {"type": "lora", "r": 0}}}, "training_type.r"),
         ({"extra_body": {"epochs": 3}}, "epochs"),
     ]
