@@ -26,10 +26,10 @@ from app.storage import ArtifactStore
 from app.tables import (
     DeploymentRow,
     EvaluationRow,
-    SweepRow,
     FineTunedModelRow,
     JobCheckpointRow,
     ProjectRow,
+    SweepRow,
 )
 from tests.app.conftest import Api
 
