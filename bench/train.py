@@ -205,6 +205,51 @@ def tunery_serve(data_dir: Path, models_dir: Path, threads: int | None) -> Itera
         log.close()
 
 
+@dataclass
+class JobRun:
+    """One job through the service's public API: its final row and metrics, the wall time
+    from the create request to the end, the time to its first step, the trainer's peak RSS."""
+
+    job: dict[str, Any]
+    metrics: dict[str, Any]
+    wall: float
+    first_step: float
+    peak: int
+
+
+def run_job(client: httpx.Client, files: dict[str, Path], body: dict[str, Any]) -> JobRun:
+    """Upload `files` (job field -> path, e.g. training_file), create the job `body` names
+    them in, and poll it to its end, sampling the trainer's memory meanwhile."""
+    body = dict(body)
+    for param, path in files.items():
+        with path.open("rb") as fh:
+            response = client.post(
+                "/v1/files", files={"file": (path.name, fh)}, data={"purpose": "fine-tune"}
+            )
+        if response.status_code != 200 or response.json()["status"] != "processed":
+            raise BenchError(f"upload failed: {response.text}")
+        body[param] = response.json()["id"]
+    started = time.perf_counter()
+    response = client.post("/v1/fine_tuning/jobs", json=body)
+    if response.status_code != 200:
+        raise BenchError(f"job create failed: {response.text}")
+    job_id = response.json()["id"]
+    first_step = 0.0
+    with PeakMemory(job_id.encode()) as memory:
+        while True:
+            job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+            if not first_step and (job.get("progress") or {}).get("step"):
+                first_step = time.perf_counter() - started
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.1)
+    wall = time.perf_counter() - started
+    if job["status"] != "succeeded":
+        raise BenchError(f"the service's job ended {job['status']}: {job.get('error')}")
+    metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()
+    return JobRun(job, metrics, wall, first_step, memory.peak)
+
+
 def run_service(config: dict[str, Any], scratch: Path) -> Side:
     data_dir = scratch / f"service-{time.time_ns()}"
     data_dir.mkdir()
@@ -218,61 +263,35 @@ def run_service(config: dict[str, Any], scratch: Path) -> Side:
         tunery_serve(data_dir, models_dir, config.get("threads")) as url,
         httpx.Client(base_url=url, timeout=60) as client,
     ):
-        ids = {}
-        for param in ("train", "validation"):
-            with Path(config[param]).open("rb") as fh:
-                response = client.post(
-                    "/v1/files",
-                    files={"file": (Path(config[param]).name, fh)},
-                    data={"purpose": "fine-tune"},
-                )
-            if response.status_code != 200 or response.json()["status"] != "processed":
-                raise BenchError(f"upload failed: {response.text}")
-            ids[param] = response.json()["id"]
-        body = {
-            "model": model,
-            "training_file": ids["train"],
-            "validation_file": ids["validation"],
-            "seed": config["seed"],
-            "training_type": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
-            "method": {
-                "type": "supervised",
-                "supervised": {
-                    "hyperparameters": {
-                        "n_epochs": config["epochs"],
-                        "batch_size": config["batch_size"],
-                        "learning_rate": config["learning_rate"],
-                        "max_seq_length": config["max_seq_length"],
-                    }
+        run = run_job(
+            client,
+            {"training_file": Path(config["train"]), "validation_file": Path(config["validation"])},
+            {
+                "model": model,
+                "seed": config["seed"],
+                "training_type": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+                "method": {
+                    "type": "supervised",
+                    "supervised": {
+                        "hyperparameters": {
+                            "n_epochs": config["epochs"],
+                            "batch_size": config["batch_size"],
+                            "learning_rate": config["learning_rate"],
+                            "max_seq_length": config["max_seq_length"],
+                        }
+                    },
                 },
             },
-        }
-        started = time.perf_counter()
-        response = client.post("/v1/fine_tuning/jobs", json=body)
-        if response.status_code != 200:
-            raise BenchError(f"job create failed: {response.text}")
-        job_id = response.json()["id"]
-        first_step = 0.0
-        with PeakMemory(job_id.encode()) as memory:
-            while True:
-                job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-                if not first_step and (job.get("progress") or {}).get("step"):
-                    first_step = time.perf_counter() - started
-                if job["status"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.1)
-        wall = time.perf_counter() - started
-        if job["status"] != "succeeded":
-            raise BenchError(f"the service's job ended {job['status']}: {job.get('error')}")
-        final = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["final"]
+        )
+    final = run.metrics["final"]
     return Side(
         "service",
-        wall,
-        int(job["trained_tokens"]),
-        memory.peak,
+        run.wall,
+        int(run.job["trained_tokens"]),
+        run.peak,
         float(final["eval_loss"]),
         float(final["accuracy"]),
-        first_step,
+        run.first_step,
     )
 
 

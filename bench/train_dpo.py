@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from train import ROOT, WALL_GOAL, BenchError, PeakMemory, tunery_serve, write_jsonl
+from train import ROOT, WALL_GOAL, BenchError, PeakMemory, run_job, tunery_serve, write_jsonl
 
 LOSS_GOAL = 1e-3
 TRAIN_SCRIPT = Path(__file__).with_name("train.py")
@@ -56,54 +56,31 @@ def run_service(config: dict[str, Any], scratch: Path) -> dict[str, float]:
         tunery_serve(data_dir, models_dir, config.get("threads")) as url,
         httpx.Client(base_url=url, timeout=60) as client,
     ):
-        ids = {}
-        for param in ("train", "validation"):
-            with Path(config[param]).open("rb") as fh:
-                response = client.post(
-                    "/v1/files",
-                    files={"file": (Path(config[param]).name, fh)},
-                    data={"purpose": "fine-tune"},
-                )
-            if response.status_code != 200 or response.json()["status"] != "processed":
-                raise BenchError(f"upload failed: {response.text}")
-            ids[param] = response.json()["id"]
-        body = {
-            "model": "bench-llama",
-            "training_file": ids["train"],
-            "validation_file": ids["validation"],
-            "seed": config["seed"],
-            "training_type": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
-            "method": {
-                "type": "dpo",
-                "dpo": {
-                    "hyperparameters": {
-                        "beta": config["beta"],
-                        "n_epochs": config["epochs"],
-                        "batch_size": config["batch_size"],
-                        "learning_rate": config["learning_rate"],
-                        "max_seq_length": config["max_seq_length"],
-                    }
+        run = run_job(
+            client,
+            {"training_file": Path(config["train"]), "validation_file": Path(config["validation"])},
+            {
+                "model": "bench-llama",
+                "seed": config["seed"],
+                "training_type": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+                "method": {
+                    "type": "dpo",
+                    "dpo": {
+                        "hyperparameters": {
+                            "beta": config["beta"],
+                            "n_epochs": config["epochs"],
+                            "batch_size": config["batch_size"],
+                            "learning_rate": config["learning_rate"],
+                            "max_seq_length": config["max_seq_length"],
+                        }
+                    },
                 },
             },
-        }
-        started = time.perf_counter()
-        response = client.post("/v1/fine_tuning/jobs", json=body)
-        if response.status_code != 200:
-            raise BenchError(f"job create failed: {response.text}")
-        job_id = response.json()["id"]
-        with PeakMemory(job_id.encode()) as memory:
-            while True:
-                job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-                if job["status"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.1)
-        wall = time.perf_counter() - started
-        if job["status"] != "succeeded":
-            raise BenchError(f"the service's job ended {job['status']}: {job.get('error')}")
-        metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()
+        )
+    metrics = run.metrics
     return {
-        "wall": wall,
-        "peak_rss": memory.peak,
+        "wall": run.wall,
+        "peak_rss": run.peak,
         "eval_loss": float(metrics["evaluations"][-1]["eval_loss"]),
         "train_loss": float(metrics["training"][-1]["train_loss"]),
         "reward_accuracy": float(metrics["evaluations"][-1]["reward_accuracy"]),

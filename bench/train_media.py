@@ -50,6 +50,7 @@ from train import (
     BenchError,
     PeakMemory,
     Side,
+    run_job,
     tunery_serve,
 )
 
@@ -150,62 +151,36 @@ def run_service(config: dict[str, Any], scratch: Path) -> Side:
         tunery_serve(data_dir, models_dir, config.get("threads")) as url,
         httpx.Client(base_url=url, timeout=120) as client,
     ):
-        ids = {}
-        for param in ("train", "validation"):
-            with Path(config[param]).open("rb") as fh:
-                response = client.post(
-                    "/v1/files",
-                    files={"file": (Path(config[param]).name, fh)},
-                    data={"purpose": "fine-tune"},
-                )
-            if response.status_code != 200 or response.json()["status"] != "processed":
-                raise BenchError(f"upload failed: {response.text}")
-            ids[param] = response.json()["id"]
-        body = {
-            "model": "bench-model",
-            "training_file": ids["train"],
-            "validation_file": ids["validation"],
-            "seed": config["seed"],
-            "training_type": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
-            "method": {
-                "type": "supervised",
-                "supervised": {
-                    "hyperparameters": {
-                        "n_epochs": config["epochs"],
-                        "batch_size": config["batch_size"],
-                        "learning_rate": config["learning_rate"],
-                        "augmentation": False,
-                    }
+        run = run_job(
+            client,
+            {"training_file": Path(config["train"]), "validation_file": Path(config["validation"])},
+            {
+                "model": "bench-model",
+                "seed": config["seed"],
+                "training_type": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+                "method": {
+                    "type": "supervised",
+                    "supervised": {
+                        "hyperparameters": {
+                            "n_epochs": config["epochs"],
+                            "batch_size": config["batch_size"],
+                            "learning_rate": config["learning_rate"],
+                            "augmentation": False,
+                        }
+                    },
                 },
             },
-        }
-        started = time.perf_counter()
-        response = client.post("/v1/fine_tuning/jobs", json=body)
-        if response.status_code != 200:
-            raise BenchError(f"job create failed: {response.text}")
-        job_id = response.json()["id"]
-        first_step = 0.0
-        with PeakMemory(job_id.encode()) as memory:
-            while True:
-                job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-                if not first_step and (job.get("progress") or {}).get("step"):
-                    first_step = time.perf_counter() - started
-                if job["status"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.1)
-        wall = time.perf_counter() - started
-        if job["status"] != "succeeded":
-            raise BenchError(f"the service's job ended {job['status']}: {job.get('error')}")
-        final = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["final"]
+        )
+    final = run.metrics["final"]
     examples = config["n_train"] * config["epochs"]
     return Side(
         "service",
-        wall,
+        run.wall,
         examples,
-        memory.peak,
+        run.peak,
         float(final["eval_loss"]),
         float(final["accuracy"]),
-        first_step,
+        run.first_step,
     )
 
 
