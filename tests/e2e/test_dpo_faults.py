@@ -34,11 +34,11 @@ JOB = {
         "dpo": {
             "hyperparameters": {
                 "beta": 0.1,
-                "n_epochs": 2,
+                "n_epochs": 2,  # 480 rows, 10% held out: 216 steps, so the kill lands mid-run
                 "batch_size": 4,
                 "learning_rate": 5e-3,
                 "max_seq_length": 32,
-                "checkpoint_steps": 5,
+                "checkpoint_steps": 10,
             }
         },
     },
@@ -57,7 +57,7 @@ def test_a_killed_dpo_job_resumes_and_matches(
     server: live.LiveServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    train = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(120))
+    train = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(480))
     with server.client() as client:
         file_id = upload(client, train)
 
