@@ -4,6 +4,7 @@ stored checkpoint, and ends with the metrics of an uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_training_faults import (
-    checkpoints,
     messages,
     server,  # noqa: F401 - the fixture
     trainer_pids,
@@ -21,7 +21,7 @@ from tests.e2e.test_training_faults import (
 )
 from tests.support import live
 from tests.support.data import write_jsonl
-from tests.support.faults import upload
+from tests.support.faults import stop_at_first_checkpoint, upload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -34,11 +34,11 @@ JOB = {
         "dpo": {
             "hyperparameters": {
                 "beta": 0.1,
-                "n_epochs": 2,  # 480 rows, 10% held out: 216 steps, so the kill lands mid-run
+                "n_epochs": 2,
                 "batch_size": 4,
                 "learning_rate": 5e-3,
                 "max_seq_length": 32,
-                "checkpoint_steps": 10,
+                "checkpoint_steps": 5,
             }
         },
     },
@@ -57,7 +57,7 @@ def test_a_killed_dpo_job_resumes_and_matches(
     server: live.LiveServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    train = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(480))
+    train = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(120))
     with server.client() as client:
         file_id = upload(client, train)
 
@@ -67,10 +67,17 @@ def test_a_killed_dpo_job_resumes_and_matches(
             return str(response.json()["id"])
 
         killed = create()
-        running = wait_until(client, killed, lambda job: bool(checkpoints(client, killed)), server)
-        total = running["progress"]["total_steps"]
-        assert running["progress"]["step"] < total, "the job finished before the kill"
+        # the trainer is held stopped from the moment its first checkpoint is listed, so the
+        # kill lands mid-training however fast the machine is
+        stopped = stop_at_first_checkpoint(
+            client, killed, lambda: trainer_pids(killed, attempt=1), server
+        )
+        running = client.get(f"/v1/fine_tuning/jobs/{killed}").json()
+        assert running["progress"]["step"] < running["progress"]["total_steps"]
         os.kill(worker_pid(server), signal.SIGKILL)
+        for pid in stopped:  # its parent-death SIGKILL is pending; let nothing else be
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         if "worker" in server.procs:
             server.start("worker-2", ["worker", "--loglevel", "INFO"])
         deadline = time.monotonic() + 10

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,3 +121,39 @@ def wait_inference_up(client: httpx.Client, timeout: float = 60) -> None:
     while client.get("/readyz").json()["checks"]["inference"] != "ok":
         assert time.monotonic() < deadline, "the inference server never came up"
         time.sleep(0.2)
+
+
+def stop_at_first_checkpoint(
+    client: httpx.Client,
+    job_id: str,
+    trainers: Callable[[], list[int]],
+    server: live.LiveServer,
+    timeout: float = 240,
+    slice_seconds: float = 0.05,
+) -> list[int]:
+    """Let the job's trainer processes run in short slices, stopped (SIGSTOP) in between,
+    until the job lists a checkpoint; return their pids, still stopped, so the caller's
+    fault lands mid-training however fast the trainer is: it cannot finish between the
+    look and the fault. The caller kills or continues (SIGCONT) them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = trainers()
+        _signal_all(pids, signal.SIGCONT)
+        time.sleep(slice_seconds)
+        _signal_all(pids, signal.SIGSTOP)
+        response = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")
+        assert response.status_code == 200, response.text
+        if response.json()["data"]:
+            return pids
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        assert job["status"] not in ("succeeded", "failed", "cancelled"), (
+            f"{job_id} ended before its first checkpoint: {job}"
+        )
+    _signal_all(trainers(), signal.SIGCONT)
+    raise AssertionError(f"{job_id} listed no checkpoint in {timeout} s\n{server.log_tail()}")
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
