@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from task_plugins.media.predicting import class_probabilities as media_probabilities
-from worker.inference.engine import UNLOADED, Admission, EngineLimits, EngineStats
+from worker.inference.engine import UNLOADED, EngineLimits, ThreadedEngine
 from worker.inference.errors import ModelLoadError
 from worker.inference.jobs import Job, prepare
 from worker.inference.loading import MEDIA_TASKS
@@ -35,66 +33,23 @@ log = logging.getLogger(__name__)
 RECENT_SECONDS = 1.0
 
 
-class MicroBatcher:
+class MicroBatcher(ThreadedEngine):
+    thread_label = "batcher"
+
     def __init__(self, shared: SharedModel, limits: EngineLimits, name: str = "") -> None:
         if limits.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
-        self.shared = shared
+        super().__init__(shared, limits, name)
         self.max_batch_size = limits.max_batch_size
         self.max_wait = max(0.0, limits.max_wait_ms) / 1000
-        self.admission = Admission(limits.max_queue)
-        # requests, work that must not overlap a forward (detaching an adapter), None: stop
-        self._queue: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
         self._carry: Job | Callable[[], None] | None = None
         self._recent: deque[tuple[float, int]] = deque()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._closed = False
-        self._name = name or shared.key
-        self._running = 0
-        self.batches = 0
-        self.largest_batch = 0
-
-    def submit(self, job: Job) -> Future[list[Any]]:
-        if self._closed:
-            raise ModelLoadError(UNLOADED)
-        self.admission.enter()
-        self._ensure_thread()
-        self._queue.put(job)
-        return job.future
-
-    def call(self, work: Callable[[], None]) -> bool:
-        if self._closed:
-            return False
-        self._ensure_thread()
-        self._queue.put(work)
-        return True
-
-    def close(self) -> None:
-        self._closed = True
-        self._queue.put(None)
-
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            waiting=self.admission.waiting,
-            running=self._running,
-            steps=self.batches,
-            largest_batch=self.largest_batch,
-        )
-
-    def _ensure_thread(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name=f"batcher {self._name}", daemon=True
-                )
-                self._thread.start()
 
     # -- collecting --------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
-            first = self._carry if self._carry is not None else self._queue.get()
+            first = self._carry if self._carry is not None else self._inbox.get()
             self._carry = None
             if first is None:
                 self._fail_queued()
@@ -114,19 +69,19 @@ class MicroBatcher:
         deadline = time.perf_counter() + self.max_wait
         while rows < self.max_batch_size:
             try:
-                job = self._queue.get_nowait()
+                job = self._inbox.get_nowait()
             except queue.Empty:
                 remaining = deadline - time.perf_counter()
                 if len(batch) >= target or remaining <= 0:
                     break
                 try:
-                    job = self._queue.get(timeout=remaining)
+                    job = self._inbox.get(timeout=remaining)
                 except queue.Empty:
                     break
             if job is None:
                 # run what was collected, then stop: the loop fails whatever came later
                 self._closed = True
-                self._queue.put(None)
+                self._inbox.put(None)
                 break
             if not isinstance(job, Job) or rows + len(job.inputs) > self.max_batch_size:
                 self._carry = job
@@ -161,7 +116,7 @@ class MicroBatcher:
 
     def _note(self, size: int) -> None:
         self._recent.append((time.perf_counter(), size))
-        self.batches += 1
+        self.steps += 1
         self.largest_batch = max(self.largest_batch, size)
 
     def _fail_queued(self) -> None:
@@ -169,7 +124,7 @@ class MicroBatcher:
         self._carry = None
         while True:
             try:
-                pending.append(self._queue.get_nowait())
+                pending.append(self._inbox.get_nowait())
             except queue.Empty:
                 break
         for job in pending:

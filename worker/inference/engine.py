@@ -20,14 +20,18 @@ cache. It is not built: nothing here can run or test it.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from worker.inference.errors import Overloaded
+from worker.inference.errors import ModelLoadError, Overloaded
 from worker.inference.jobs import Job
+
+if TYPE_CHECKING:
+    from worker.inference.shared import SharedModel
 
 
 @dataclass(frozen=True)
@@ -93,3 +97,62 @@ class Admission:
     def waiting(self) -> int:
         with self._lock:
             return self._waiting
+
+
+class ThreadedEngine:
+    """What both engines share: one thread, started on first use, that owns the base's
+    forwards and reads an inbox of jobs, work to run between forwards, and None (stop).
+    A subclass writes `_loop`, counts `steps`, `largest_batch` and `_running`, and calls
+    `admission.leave` as it starts the requests it took."""
+
+    thread_label = "engine"
+
+    def __init__(self, shared: SharedModel, limits: EngineLimits, name: str = "") -> None:
+        self.shared = shared
+        self.admission = Admission(limits.max_queue)
+        self._name = name or shared.key
+        self._inbox: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+        self._running = 0
+        self.steps = 0
+        self.largest_batch = 0
+
+    def submit(self, job: Job) -> Future[list[Any]]:
+        if self._closed:
+            raise ModelLoadError(UNLOADED)
+        self.admission.enter()
+        self._ensure_thread()
+        self._inbox.put(job)
+        return job.future
+
+    def call(self, work: Callable[[], None]) -> bool:
+        if self._closed:
+            return False
+        self._ensure_thread()
+        self._inbox.put(work)
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        self._inbox.put(None)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            waiting=self.admission.waiting,
+            running=self._running,
+            steps=self.steps,
+            largest_batch=self.largest_batch,
+        )
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name=f"{self.thread_label} {self._name}", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        raise NotImplementedError

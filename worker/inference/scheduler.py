@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from collections import deque
-from collections.abc import Callable, Hashable
-from concurrent.futures import Future
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from worker.inference.constrained import RowConstraint, mask
-from worker.inference.engine import UNLOADED, Admission, EngineLimits, EngineStats
+from worker.inference.engine import UNLOADED, EngineLimits, ThreadedEngine
 from worker.inference.errors import ModelLoadError
 from worker.inference.jobs import Job, prepare
 from worker.inference.logprobs import TokenLogprob, public, row_logprobs
@@ -109,62 +107,18 @@ class _Batch:
     kv: KVBatch
 
 
-class DecodeEngine:
+class DecodeEngine(ThreadedEngine):
+    thread_label = "decode"
+
     def __init__(self, shared: SharedModel, limits: EngineLimits, name: str = "") -> None:
         if limits.max_running < 1:
             raise ValueError("max_running must be at least 1")
-        self.shared = shared
+        super().__init__(shared, limits, name)
         self.max_running = limits.max_running
-        self.admission = Admission(limits.max_queue)
-        self._name = name or shared.key
-        self._inbox: queue.Queue[Job | Callable[[], None] | None] = queue.Queue()
         self._waiting: deque[Job] = deque()
         self._ready: deque[_Sequence] = deque()  # admitted requests' sequences not yet started
         self._batches: dict[Hashable, _Batch] = {}
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-        self._closed = False
         self._last_only = accepts_logits_to_keep(shared.model)
-        self._running = 0
-        self.steps = 0
-        self.largest_batch = 0
-
-    # -- the Engine interface -----------------------------------------------------------------
-
-    def submit(self, job: Job) -> Future[list[Any]]:
-        if self._closed:
-            raise ModelLoadError(UNLOADED)
-        self.admission.enter()
-        self._ensure_thread()
-        self._inbox.put(job)
-        return job.future
-
-    def call(self, work: Callable[[], None]) -> bool:
-        if self._closed:
-            return False
-        self._ensure_thread()
-        self._inbox.put(work)
-        return True
-
-    def close(self) -> None:
-        self._closed = True
-        self._inbox.put(None)
-
-    def stats(self) -> EngineStats:
-        return EngineStats(
-            waiting=self.admission.waiting,
-            running=self._running,
-            steps=self.steps,
-            largest_batch=self.largest_batch,
-        )
-
-    def _ensure_thread(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name=f"decode {self._name}", daemon=True
-                )
-                self._thread.start()
 
     # -- the loop -----------------------------------------------------------------------------
 
