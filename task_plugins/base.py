@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 Row = dict[str, Any]
 # The training method every task has; a method such as DPO adds its own key to `formats`.
@@ -117,26 +117,33 @@ class MetricSpec:
 
 @dataclass(frozen=True)
 class PredictorHook:
-    """How the inference server runs a model of this task (worker/inference/predictors.py).
+    """How the inference server (worker/inference/) runs a model of this task.
 
-    Each string is a `"module:function"`; the inference server does not read these yet (see
-    docs/architecture.md, "The predictor hook").
+    `engine` "batch": the requests on one base share forwards (batching.MicroBatcher), and the
+    server calls the three `"module:function"` hooks:
+
+    - `prepare(processor, inputs, config) -> rows`: one request's inputs tokenized or
+      decoded, on the batcher's thread; raises PredictionInputError naming a bad input;
+    - `forward(model, processor, rows, pad_id, extra) -> probabilities`: one forward over the
+      rows of several requests (extra: peft's mixed-adapter arguments), a float tensor with
+      a row of label probabilities per input, on the CPU;
+    - `finish(probabilities, labels, top_k) -> output`: one row's prediction.
+
+    `engine` "decode": generation, batched continuously token by token
+    (scheduler.DecodeEngine, which owns its tokenizing, sampling and finishing).
     """
 
-    # one round trip for a plain model and a list of inputs
-    predict: str
-    # inputs -> token rows, per request, on the batcher's thread
-    prepare: str
-    # token rows of several requests -> one forward
-    forward: str
-    # one row's forward output -> the prediction the API returns
-    finish: str
+    engine: Literal["batch", "decode"]
     # the prediction's shape (a TypedDict)
     output: str
-    # the request parameters it takes; any other is refused
+    # the request parameters it takes; any other is refused with a 400 naming it
     parameters: frozenset[str]
-    # the kinds of input item it takes: "text" (a string), "chat" ({"messages": [...]})
+    # the kinds of input item it takes: "text" (a string), "chat" ({"messages": [...]}),
+    # "image" ({"image": base64}), "audio" ({"audio": base64})
     inputs: frozenset[str]
+    prepare: str | None = None
+    forward: str | None = None
+    finish: str | None = None
     streams: bool = False
 
 

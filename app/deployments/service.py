@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 from sqlalchemy.orm import Session, sessionmaker
 
+import task_plugins
 from app.deployments import repository
 from app.deployments.limits import ConcurrencyLimits, Slot
 from app.deployments.lookup import Lookup
@@ -253,7 +254,7 @@ async def open_model_stream(
 
 
 def check_streamable(spec: dict[str, Any], inputs: list[Any]) -> None:
-    if spec["task"] != "causal-lm":
+    if not task_plugins.get(spec["task"]).predictor.streams:
         raise APIError(
             400,
             f"stream applies to causal-lm models; {spec['key']} does {spec['task']}. "

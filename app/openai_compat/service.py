@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import task_plugins
 from app.deployments.limits import ConcurrencyLimits, Slot
 from app.deployments.lookup import Lookup
 from app.failures import APIError
@@ -47,7 +48,7 @@ async def generative_spec(lookup: Lookup, model: str, project_id: str) -> dict[s
     """The serving spec of a model that generates text; a classifier is refused. Another
     project's fine-tuned model reads as missing (404)."""
     spec = await lookup.spec(model, project_id, param="model")
-    if spec["task"] != "causal-lm":
+    if "chat" not in task_plugins.get(spec["task"]).predictor.inputs:
         raise APIError(
             400,
             f"Model {model} is a {spec['task']} model: it predicts labels and cannot generate "

@@ -80,10 +80,7 @@ TASK = TaskPlugin(
     trainer="task_plugins.causal_lm.training:TRAINER",
     scorer="task_plugins.causal_lm.scoring:score",
     predictor=PredictorHook(
-        predict=f"{_PREDICTORS}:generate",
-        prepare=f"{_PREDICTORS}:encode_prompt",
-        forward=f"{_PREDICTORS}:generate_tokens",
-        finish=f"{_PREDICTORS}:finish",
+        engine="decode",
         output=f"{_PREDICTORS}:Generation",
         parameters=frozenset(
             {

@@ -26,9 +26,9 @@ CLASSIFIER_METRICS = MetricSpec(
 
 def media_predictor(kind: str) -> PredictorHook:
     return PredictorHook(
-        predict=f"{_MEDIA}:classify",
-        prepare=f"{_MEDIA}:prepare",
-        forward=f"{_MEDIA}:class_probabilities",
+        engine="batch",
+        prepare=f"{_MEDIA}:prepare_{'images' if kind == 'image' else 'clips'}",
+        forward=f"{_MEDIA}:{kind}_probabilities",
         finish="worker.inference.predictors:to_classification",
         output="worker.inference.predictors:Classification",
         parameters=frozenset({"top_k"}),

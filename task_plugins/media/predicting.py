@@ -2,8 +2,8 @@
 
 `prepare` decodes one request's inputs (base64 or data: URLs) on the batcher's thread, and
 names the index of an input it cannot read; `class_probabilities` runs the processor and
-the model on the decoded inputs of several requests at once. `classify` is the round trip
-for a plain model.
+the model on the decoded inputs of several requests at once (the plugins' predictor hooks
+are these, per modality). `classify` is the round trip for a plain model.
 """
 
 from __future__ import annotations
@@ -57,6 +57,31 @@ def decode_input(item: Any, modality: Modality, index: int, processor: Any) -> A
 def prepare(processor: Any, task: str, inputs: Sequence[Any]) -> list[Any]:
     modality = modality_of(task)
     return [decode_input(item, modality, index, processor) for index, item in enumerate(inputs)]
+
+
+def prepare_images(processor: Any, inputs: Sequence[Any], config: Any) -> list[Any]:
+    """The inference server's prepare hook for image models: PIL images."""
+    return prepare(processor, "image-classification", inputs)
+
+
+def prepare_clips(processor: Any, inputs: Sequence[Any], config: Any) -> list[Any]:
+    """The inference server's prepare hook for audio models: mono samples at the
+    processor's rate."""
+    return prepare(processor, "audio-classification", inputs)
+
+
+def image_probabilities(
+    model: Any, processor: Any, decoded: Sequence[Any], pad_id: int, extra: Mapping[str, Any]
+) -> torch.Tensor:
+    """The inference server's forward hook for image models."""
+    return class_probabilities(model, processor, "image-classification", decoded, extra)
+
+
+def audio_probabilities(
+    model: Any, processor: Any, decoded: Sequence[Any], pad_id: int, extra: Mapping[str, Any]
+) -> torch.Tensor:
+    """The inference server's forward hook for audio models."""
+    return class_probabilities(model, processor, "audio-classification", decoded, extra)
 
 
 def class_probabilities(

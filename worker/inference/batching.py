@@ -20,13 +20,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from task_plugins.media.predicting import class_probabilities as media_probabilities
 from worker.inference.engine import UNLOADED, EngineLimits, ThreadedEngine
 from worker.inference.errors import ModelLoadError
 from worker.inference.jobs import Job, prepare
-from worker.inference.loading import MEDIA_TASKS
-from worker.inference.predictors import Classification, class_probabilities, to_classification
+from worker.inference.predictors import Classification
 from worker.inference.shared import SharedModel
+from worker.inference.tasks import batch_hooks
 
 log = logging.getLogger(__name__)
 
@@ -177,23 +176,18 @@ def _classify(shared: SharedModel, jobs: Sequence[Job], max_rows: int) -> list[l
     if not isinstance(pad_id, int):
         pad_id = getattr(jobs[0].model.tokenizer, "pad_token_id", None) or 0
     probs: list[list[float] | None] = [None] * len(rows)
-    media = shared.task in MEDIA_TASKS
+    hooks = batch_hooks(shared.task)
     for chunk in chunks(shared, adapters, max_rows):
         chosen = [adapters[i] for i in chunk]
+        # the models on one base share its tokenizer or processor (an adapter saves the base's)
+        processor = jobs[owners[chunk[0]]].model.tokenizer
         with shared.running(chosen) as (module, extra):
-            if media:
-                # the models on one base share its processor (an adapter saves the base's)
-                processor = jobs[owners[chunk[0]]].model.tokenizer
-                out = media_probabilities(
-                    module, processor, shared.task, [rows[i] for i in chunk], extra
-                )
-            else:
-                out = class_probabilities(module, [rows[i] for i in chunk], pad_id, extra)
+            out = hooks.forward(module, processor, [rows[i] for i in chunk], pad_id, extra)
         for i, row in zip(chunk, out.tolist(), strict=True):
             probs[i] = row
     results: list[list[Classification]] = [[] for _ in jobs]
     for i, row_probs in enumerate(probs):
         assert row_probs is not None
         job = jobs[owners[i]]
-        results[owners[i]].append(to_classification(row_probs, job.model.labels or [], job.top_k))
+        results[owners[i]].append(hooks.finish(row_probs, job.model.labels or [], job.top_k))
     return list(results)

@@ -14,19 +14,17 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from task_plugins.media.predicting import prepare as media_prepare
-from worker.inference.loading import MEDIA_TASKS, LoadedModel
+from worker.inference.loading import LoadedModel
 from worker.inference.predictors import (
     GenerationOptions,
     PredictionInputError,
     PromptInput,
     check_context,
     encode_prompt,
-    encode_texts,
     eos_ids,
-    max_input_tokens,
     rendered_tools,
 )
+from worker.inference.tasks import batch_hooks, predictor
 from worker.inference.tools import ToolFormat, tool_format
 
 
@@ -74,16 +72,12 @@ def prepare(job: Job) -> None:
     given = {k: v for k, v in job.parameters.items() if v is not None}
     loaded = job.model
     config = loaded.shared.config
-    if loaded.spec.task in MEDIA_TASKS:
+    if predictor(loaded.spec.task).engine == "batch":
         job.top_k = given.get("top_k")
-        job.rows = media_prepare(loaded.tokenizer, loaded.spec.task, job.inputs)
+        with loaded.tokenizer_lock:
+            job.rows = batch_hooks(loaded.spec.task).prepare(loaded.tokenizer, job.inputs, config)
         return
     with loaded.tokenizer_lock:
-        if loaded.spec.task == "classification":
-            texts = [item for item in job.inputs if isinstance(item, str)]
-            job.top_k = given.get("top_k")
-            job.rows = encode_texts(loaded.tokenizer, texts, max_input_tokens(config))
-            return
         options = GenerationOptions.of(given)
         prompts = [encode_prompt(loaded.tokenizer, item, i) for i, item in enumerate(job.inputs)]
         formats = [_tool_format(loaded, item, i) for i, item in enumerate(job.inputs)]

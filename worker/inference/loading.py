@@ -33,9 +33,6 @@ from worker.inference.shared import SharedModel, model_memory_bytes
 
 # a task plugin's name (task_plugins.names())
 Task = str
-TASKS: tuple[Task, ...] = task_plugins.names()
-# tasks whose inputs go through an image processor or feature extractor, not a tokenizer
-MEDIA_TASKS = frozenset({"image-classification", "audio-classification"})
 PROCESSOR_FILE = "preprocessor_config.json"
 Format = Literal["base", "adapter", "full"]
 
@@ -145,8 +142,10 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
 
 def plan(spec: ModelSpec, store: ArtifactStore) -> LoadPlan:
     """Check everything a spec names without loading weights; raises ModelLoadError."""
-    if spec.task not in TASKS:
-        raise ModelLoadError(f"unknown task {spec.task!r}; expected one of {list(TASKS)}")
+    if spec.task not in task_plugins.names():
+        raise ModelLoadError(
+            f"unknown task {spec.task!r}; expected one of {list(task_plugins.names())}"
+        )
     base_dir = Path(spec.base_model_dir)
     if not base_dir.is_absolute() or not base_dir.is_dir():
         raise ModelLoadError(f"base model directory {spec.base_model_dir!r} does not exist")
@@ -240,7 +239,7 @@ def load_served(load: LoadPlan, shared: SharedModel) -> LoadedModel:
     adapter_name = None
     own_bytes = 0
     try:
-        if load.spec.task in MEDIA_TASKS:
+        if uses_processor(load.spec.task):
             tokenizer = SharedTokenizer(load_processor(load.tokenizer_dir, load.spec.task))
         else:
             tokenizer = tokenizer_of(load.tokenizer_dir, shared.model)
@@ -330,14 +329,20 @@ def check_adapter_dir(directory: Path) -> None:
         raise ModelLoadError(f"adapter {directory} has no {ADAPTER_WEIGHTS}")
 
 
+def uses_processor(task: Task) -> bool:
+    """Whether the task's inputs go through an image processor or feature extractor saved
+    with the model (its plugin's export.processor_class), rather than a tokenizer."""
+    return task_plugins.get(task).export.processor_class != "AutoTokenizer"
+
+
 def has_tokenizer(directory: Path, task: Task = "classification") -> bool:
-    if task in MEDIA_TASKS:
+    if uses_processor(task):
         return (directory / PROCESSOR_FILE).is_file()
     return any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
 def has_labels(task: Task) -> bool:
-    return task in TASKS and task_plugins.get(task).export.labels
+    return task in task_plugins.names() and task_plugins.get(task).export.labels
 
 
 def auto_class(task: Task) -> Any:
@@ -348,9 +353,9 @@ def auto_class(task: Task) -> Any:
 
 def load_processor(directory: Path, task: Task) -> Any:
     """The image processor or feature extractor saved with an image or audio model."""
-    from transformers import AutoFeatureExtractor, AutoImageProcessor
+    import transformers
 
-    loader = AutoImageProcessor if task == "image-classification" else AutoFeatureExtractor
+    loader = getattr(transformers, task_plugins.get(task).export.processor_class)
     return loader.from_pretrained(directory, trust_remote_code=False)
 
 

@@ -92,6 +92,28 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], limit: int) -> list[list[
     return [list(ids) for ids in encoded["input_ids"]]
 
 
+def prepare_texts(tokenizer: Any, inputs: Sequence[Any], config: Any) -> list[list[int]]:
+    """The text classification plugin's prepare hook: token ids per input."""
+    for index, item in enumerate(inputs):
+        if not isinstance(item, str):
+            raise PredictionInputError(
+                f"inputs[{index}]: a classification model takes plain strings, not messages",
+                code="unsupported_input",
+            )
+    return encode_texts(tokenizer, inputs, max_input_tokens(config))
+
+
+def text_probabilities(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    extra: Mapping[str, Any],
+) -> torch.Tensor:
+    """The text classification plugin's forward hook."""
+    return class_probabilities(model, rows, pad_id, extra)
+
+
 def class_probabilities(
     model: Any, rows: Sequence[Sequence[int]], pad_id: int, extra: Mapping[str, Any] | None = None
 ) -> torch.Tensor:

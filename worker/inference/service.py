@@ -28,7 +28,6 @@ from worker.inference.errors import ModelLoadError
 from worker.inference.export import export_merged
 from worker.inference.jobs import Job, prepare
 from worker.inference.loading import (
-    MEDIA_TASKS,
     LoadedModel,
     LoadPlan,
     ModelSpec,
@@ -39,29 +38,15 @@ from worker.inference.loading import (
 from worker.inference.predictors import (
     Classification,
     Generation,
-    PredictionInputError,
     PromptInput,
 )
 from worker.inference.scheduler import DecodeEngine
 from worker.inference.schemas import BaseStats, ModelStats
 from worker.inference.shared import SharedModel
+from worker.inference.tasks import check_request, predictor
 
 log = logging.getLogger(__name__)
 
-CLASSIFICATION_PARAMETERS = frozenset({"top_k"})
-GENERATION_PARAMETERS = frozenset(
-    {
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "seed",
-        "n",
-        "logprobs",
-        "top_logprobs",
-        "response_format",
-    }
-)
 DEFAULTS = EngineLimits()
 
 
@@ -145,7 +130,7 @@ class InferenceService:
         return shared
 
     def _new_engine(self, shared: SharedModel) -> Engine:
-        if shared.task == "causal-lm":
+        if predictor(shared.task).engine == "decode":
             return DecodeEngine(shared, self.limits)
         return MicroBatcher(shared, self.limits)
 
@@ -379,41 +364,11 @@ def closing_event(results: Sequence[Generation]) -> dict[str, Any]:
 
 
 def _check_stream(spec: ModelSpec, item: PromptInput, parameters: Mapping[str, Any]) -> None:
-    if spec.task != "causal-lm":
-        raise PredictionInputError(
-            f"stream applies to causal-lm models; {spec.key!r} does {spec.task}",
-            param="stream",
-            code="unsupported_parameter",
-        )
-    check_parameters(spec, [item], parameters)
+    check_request(spec.task, [item], parameters, stream=True)
 
 
 def check_parameters(
     spec: ModelSpec, inputs: Sequence[PromptInput], parameters: Mapping[str, Any]
 ) -> None:
-    """Refuse what the task would ignore, before paying for a load."""
-    allowed = GENERATION_PARAMETERS if spec.task == "causal-lm" else CLASSIFICATION_PARAMETERS
-    for name, value in parameters.items():
-        if value is not None and name not in allowed:
-            raise PredictionInputError(
-                f"parameter {name!r} does not apply to task {spec.task!r}; "
-                f"allowed: {', '.join(sorted(allowed))}",
-                param=f"parameters.{name}",
-                code="unsupported_parameter",
-            )
-    if spec.task in MEDIA_TASKS:
-        kind = "image" if spec.task == "image-classification" else "audio"
-        for index, item in enumerate(inputs):
-            if not isinstance(item, Mapping) or set(item) != {kind}:
-                raise PredictionInputError(
-                    f"inputs[{index}]: an {spec.task} model takes items "
-                    f'{{"{kind}": "<base64 or data: URL>"}}',
-                    code="unsupported_input",
-                )
-    if spec.task == "classification":
-        for index, item in enumerate(inputs):
-            if not isinstance(item, str):
-                raise PredictionInputError(
-                    f"inputs[{index}]: a classification model takes plain strings, not messages",
-                    code="unsupported_input",
-                )
+    """Refuse what the task would ignore or cannot read, before paying for a load."""
+    check_request(spec.task, inputs, parameters)
