@@ -55,6 +55,7 @@ def _prepare(settings: Settings) -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.heap import freeze_startup_heap
     from app.main import create_app
 
     settings = get_settings()
@@ -66,8 +67,10 @@ def cmd_api(args: argparse.Namespace) -> int:
         args.port,
         settings.database_url.split("@")[-1],
     )
+    app = create_app(settings)
+    freeze_startup_heap()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=args.host,
         port=args.port,
         log_level="info",
@@ -142,6 +145,7 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.heap import freeze_startup_heap
     from app.main import create_app
 
     settings = get_settings()
@@ -171,9 +175,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises SIGTERM after its graceful shutdown with the handler it found at
     # start; make that handler an exit so that the children are stopped in `finally`.
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    app = create_app(settings)
+    freeze_startup_heap()
     try:
         uvicorn.run(
-            create_app(settings),
+            app,
             host=args.host,
             port=args.port,
             log_level="warning",

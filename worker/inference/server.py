@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from app.heap import freeze_startup_heap
 from app.settings import Settings, get_settings
 from app.storage import ArtifactStore, get_store
 from worker.inference.errors import Overloaded
@@ -265,4 +266,6 @@ def run(host: str = "127.0.0.1", port: int = 8001) -> None:
     """Serve until interrupted; `tunery inference` calls this."""
     import uvicorn
 
-    uvicorn.run(create_app(), host=host, port=port, workers=1)
+    app = create_app()
+    freeze_startup_heap()  # before any model loads: models must stay collectable (app/heap.py)
+    uvicorn.run(app, host=host, port=port, workers=1)
