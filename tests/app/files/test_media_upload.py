@@ -78,3 +78,32 @@ def test_an_archive_refused_when_the_job_starts_fails_the_job(tmp_path: Path) ->
         check_files_again(store, "image-classification", [job_file])
     assert caught.value.code == "invalid_file" and caught.value.param == "training_file"
     assert "absolute path" in caught.value.message
+
+
+def test_a_lowered_archive_limit_refuses_an_archive_the_default_takes(
+    api: Api, tmp_path: Path, database_url: str, tiny_models: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    archive = folder_zip(tmp_path / "d.zip", digit_images(6, (4, 7)))
+    assert upload_text(api, "d.zip", archive.read_bytes())["status"] == "processed"
+    strict = Settings(
+        data_dir=tmp_path / "strict",
+        database_url=database_url,
+        models_dir=tiny_models,
+        archive_max_entries=5,
+    )
+    app = create_app(strict, reconciler=False)
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/files",
+            files={"file": ("d.zip", archive.read_bytes())},
+            data={"purpose": "fine-tune"},
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_archive"
+    assert "12 entries; at most 5 are allowed (TUNERY_ARCHIVE_MAX_ENTRIES)" in error["message"]
