@@ -18,9 +18,7 @@ from tests.app.conftest import Api, upload_text
 from tests.support.media import digit_images, folder_zip, metadata_zip, tones
 
 
-def test_an_image_archive_lists_a_few_per_class_and_serves_each(
-    api: Api, tmp_path: Path
-) -> None:
+def test_an_image_archive_lists_a_few_per_class_and_serves_each(api: Api, tmp_path: Path) -> None:
     pictures = digit_images(6, (3, 8))
     file = upload_text(api, "d.zip", folder_zip(tmp_path / "d.zip", pictures).read_bytes())
     listed = api.client.get(f"/v1/files/{file['id']}/samples", params={"per_class": 2})

@@ -170,9 +170,7 @@ def test_a_lowered_ratio_refuses_what_the_default_takes(tmp_path: Path) -> None:
     info = zipfile.ZipInfo("a/big.bmp")
     # 2 MiB of random bits, a byte each: deflates about 7x
     data = random.Random(0).choices([b"\0", b"\1"], k=2 << 20)
-    path = _zip_with(
-        tmp_path / "r.zip", info, b"".join(data), compress_type=zipfile.ZIP_DEFLATED
-    )
+    path = _zip_with(tmp_path / "r.zip", info, b"".join(data), compress_type=zipfile.ZIP_DEFLATED)
     IMAGE_ARCHIVE.inspect(path, path.name, 20, 1, Settings())  # the default takes it
     assert "zip bomb" in _refused(path, Settings(archive_max_ratio=4))
 
