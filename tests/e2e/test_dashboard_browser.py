@@ -467,6 +467,7 @@ def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
         ".map(c => [c.dataset.label, c.querySelectorAll('img').length]);"
     )
     assert classes == [["0", 6], ["1", 6], ["2", 6]], classes
+    assert "null" not in text_of(browser, "#app")
     shot(browser, "12-image-samples")
 
     browser.get(f"{server.base_url}/#/files/{audio['id']}")

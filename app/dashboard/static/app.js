@@ -705,7 +705,8 @@
     const peak = Math.max(1, ...labels.map((l) => l[1]));
     const samplesBox = h("div", { id: "file-samples" }, h("p", { class: "muted", text: "Loading samples…" }));
     if (MEDIA_FORMATS.has(file.format)) loadSamples(file, samplesBox);
-    box.replaceChildren(
+    // DOM replaceChildren writes a null as the text "null": leave the absent cards out
+    box.replaceChildren(...[
       h("div", { class: "page-head" },
         h("div", {}, h("h1", { text: file.filename }), h("div", { class: "subtitle" }, pill(file.status), " ", h("span", { class: "mono", text: file.id }), " · ", bytes(file.bytes), " · ", stamp(file.created_at))),
         h("div", { class: "row" }, file.status === "processed" ? h("a", { class: "button primary", href: "#/jobs", text: "Train on it", onclick: () => sessionStorage.setItem("tunery_new_job_file", file.id) }) : null)),
@@ -722,7 +723,7 @@
         h("thead", {}, h("tr", {}, h("th", { text: "Line" }), h("th", { text: "Problem" }))),
         h("tbody", {}, errors.map((e) => h("tr", {}, h("td", { class: "mono", text: e.path ? e.path : (e.line ? String(e.line) : "file") }), h("td", { text: e.message })))))
         : h("p", { class: "ok", text: "Every row is valid." })),
-    );
+    ].filter(Boolean));
     setLive(false);
   }
 
