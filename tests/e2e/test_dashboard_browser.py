@@ -418,6 +418,14 @@ def loaded_media(driver: Any, selector: str) -> list[dict[str, Any]]:
     )
 
 
+def all_shown(
+    driver: Any, selector: str, count: int, ok: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]] | None:
+    """The media under selector once there are `count` and each is `ok`, else None."""
+    shown = loaded_media(driver, selector)
+    return shown if len(shown) == count and all(m["loaded"] and ok(m) for m in shown) else None
+
+
 def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
     server: live.LiveServer, browser: Any, tmp_path: Path
 ) -> None:
@@ -455,11 +463,7 @@ def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
     browser.get(f"{server.base_url}/#/files/{images['id']}")
     thumbs = wait(
         "six decoded thumbnails of each of the 3 classes",
-        lambda: (
-            len(shown := loaded_media(browser, "#file-samples img")) == 18
-            and all(m["loaded"] and m["width"] == 32 for m in shown)
-            and shown
-        ),
+        lambda: all_shown(browser, "#file-samples img", 18, lambda m: m["width"] == 32),
     )
     assert len(thumbs) == 18
     classes = browser.execute_script(
@@ -473,11 +477,7 @@ def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
     browser.get(f"{server.base_url}/#/files/{audio['id']}")
     players = wait(
         "a loaded player per sound (5 per class, under the 6 shown)",
-        lambda: (
-            len(shown := loaded_media(browser, "#file-samples audio")) == 10
-            and all(m["loaded"] and m["duration"] > 0.1 for m in shown)
-            and shown
-        ),
+        lambda: all_shown(browser, "#file-samples audio", 10, lambda m: m["duration"] > 0.1),
     )
     assert all(abs(p["duration"] - 0.2) < 0.05 for p in players), players
     shot(browser, "13-audio-samples")
@@ -493,10 +493,8 @@ def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
     browser.get(f"{server.base_url}/#/jobs/{job_id}")
     shown = wait(
         "the misclassified pictures beside the confusion matrix",
-        lambda: (
-            len(found := loaded_media(browser, "#confusion-card #misclassified img")) == len(wrong)
-            and all(m["loaded"] and m["width"] == 32 for m in found)
-            and found
+        lambda: all_shown(
+            browser, "#confusion-card #misclassified img", len(wrong), lambda m: m["width"] == 32
         ),
     )
     assert [m["file"] for m in shown] == [w["file"] for w in wrong]
