@@ -427,6 +427,7 @@ _SWEEP_ACTIONS = [
 _FILE_ACTIONS = [
     ("GetFile", "GET /v1/files/{file_id}"),
     ("GetFileContent", "GET /v1/files/{file_id}/content"),
+    ("ListFileSamples", "GET /v1/files/{file_id}/samples"),
     ("DeleteFile", "DELETE /v1/files/{file_id}"),
 ]
 _DEPLOYMENT_ACTIONS = [
@@ -466,6 +467,14 @@ LINKS: dict[str, list[Link]] = {
         ("EvaluateOnFile", "POST /v1/evaluations", {}, {"file": "$response.body#/id"}),
     ],
     "GET /v1/files": _reads(_FILE_ACTIONS, "file_id", "$response.body#/data/0/id"),
+    "GET /v1/files/{file_id}/samples": [
+        (
+            "GetSampleContent",
+            "GET /v1/files/{file_id}/samples/{index}/content",
+            {"file_id": "$request.path.file_id", "index": "$response.body#/data/0/index"},
+            None,
+        )
+    ],
     "POST /v1/fine_tuning/jobs": _reads(_JOB_ACTIONS, "job_id", "$response.body#/id"),
     "GET /v1/fine_tuning/jobs": _reads(_JOB_ACTIONS, "job_id", "$response.body#/data/0/id"),
     "POST /v1/fine_tuning/sweeps": _reads(_SWEEP_ACTIONS, "sweep_id", "$response.body#/id"),

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
     # keys of this project may pull and remove base models (shared by every project)
     admin_project: str = "default"
     max_upload_bytes: int = 1024**3
+    # hostile-archive limits of zip uploads (task_plugins/media/archive.py), checked from the
+    # zip's directory at upload, when a job starts, and when its trainer reads the archive:
+    # entries, total and per-file unpacked bytes, and the unpacked/packed ratio of a file over
+    # 1 MiB (images and sounds are already compressed; far beyond 200x is a zip bomb)
+    archive_max_entries: int = Field(default=200_000, ge=1)
+    archive_max_total_bytes: int = Field(default=32 * 1024**3, ge=1)
+    archive_max_member_bytes: int = Field(default=512 * 1024**2, ge=1)
+    archive_max_ratio: float = Field(default=200.0, gt=1)
     # an uploaded fine-tuning file with fewer examples is refused (OpenAI's minimum is 10)
     min_training_examples: int = Field(default=10, ge=1)
     # how long a worker's claim on a job lasts without a heartbeat

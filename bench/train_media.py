@@ -10,8 +10,9 @@ the same zip archives (scikit-learn's handwritten digits, 10 classes; or noisy t
 classes), with the same hyperparameters and seed, augmentation off on both (the bare script
 has no torchvision to augment with either):
 
-- service: `tunery serve` (embedded) in a fresh data dir; the zips are uploaded first, then
-  the clock runs from the job's creation until it reads `succeeded`;
+- service: `tunery serve` (embedded) in a fresh data dir; once its worker and inference
+  server are up, the zips are uploaded, then the clock runs from the job's creation until it
+  reads `succeeded`;
 - bare: a plain Trainer script that reads the pictures from the same zip with Pillow, runs
   the model's image processor in its collator, evaluates and saves every epoch and loads the
   best at the end; the clock runs from the process start to its exit.
@@ -142,6 +143,22 @@ def build_model(task: str, target: Path) -> Path:
 # -- the service side -----------------------------------------------------------------------
 
 
+def wait_for_data_plane(client: httpx.Client, timeout: float = 300.0) -> None:
+    """Until the inference server answers (GET /readyz): `tunery serve` starts it and the
+    worker beside the API, and the clock must run on a job, not on their boot (a deployed
+    service's are up long before its jobs). The inference server imports torch, the worker
+    does not: the worker is up by then. Measured without this wait, the first job waited
+    ~10 s for the worker while both booted on the 2-CPU VM, and its trainer shared the CPUs
+    with the inference server's imports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = client.get("/readyz")
+        if ready.json().get("checks", {}).get("inference") == "ok":
+            return
+        time.sleep(0.5)
+    raise BenchError(f"the inference server of tunery serve did not start in {timeout:.0f} s")
+
+
 def run_service(config: dict[str, Any], scratch: Path) -> Side:
     data_dir = scratch / f"service-{time.time_ns()}"
     models_dir = data_dir / "models"
@@ -151,6 +168,7 @@ def run_service(config: dict[str, Any], scratch: Path) -> Side:
         tunery_serve(data_dir, models_dir, config.get("threads")) as url,
         httpx.Client(base_url=url, timeout=120) as client,
     ):
+        wait_for_data_plane(client)
         run = run_job(
             client,
             {"training_file": Path(config["train"]), "validation_file": Path(config["validation"])},

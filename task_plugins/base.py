@@ -76,8 +76,17 @@ class FileKind(Protocol):
 
     def claims(self, path: Path, filename: str) -> bool: ...
 
-    def inspect(self, path: Path, filename: str, max_errors: int, min_examples: int) -> Any:
-        """An app.files.formats.FileReport; raises UploadRefused for an upload to refuse."""
+    def inspect(
+        self,
+        path: Path,
+        filename: str,
+        max_errors: int,
+        min_examples: int,
+        settings: Any = None,
+    ) -> Any:
+        """An app.files.formats.FileReport; raises UploadRefused for an upload to refuse.
+        `settings` (app.settings.Settings) holds the upload limits; None: this process's
+        TUNERY_* environment."""
         ...
 
     def read(self, path: Path, filename: str) -> tuple[str, list[Row]]:

@@ -15,12 +15,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import task_plugins
 from app.strings import find_bad_string
 from task_plugins.base import RowFormat
 from task_plugins.rows import json_type
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 MAX_ERRORS = 20
 # Examples estimated longer than this many tokens are reported: it is the default
@@ -92,16 +95,18 @@ def inspect_file(
     *,
     min_examples: int = 1,
     long_example_tokens: int = LONG_EXAMPLE_TOKENS,
+    settings: Settings | None = None,
 ) -> FileReport:
     """Check an upload in one streaming pass: its format, row count, label counts, problems.
 
     A file with fewer than `min_examples` rows (valid or not) fails as a whole (line 0).
     Rows estimated over `long_example_tokens` tokens are counted in `stats["long_examples"]`.
-    A kind of file that is not rows (a task's FileKind) inspects itself.
+    A kind of file that is not rows (a task's FileKind) inspects itself, under the limits of
+    `settings` (None: this process's TUNERY_* environment).
     """
     kind = _file_kind(path, filename)
     if kind is not None:
-        report: FileReport = kind.inspect(path, filename, max_errors, min_examples)
+        report: FileReport = kind.inspect(path, filename, max_errors, min_examples, settings)
         return report
     scan = _scan(
         path,

@@ -8,12 +8,14 @@ from fastapi.responses import StreamingResponse
 from app.deps import PrincipalDep, SessionDep, SettingsDep, StoreDep
 from app.errors import download_response
 from app.files import repository, service
-from app.files.schemas import FileDeleted, FilePublic
+from app.files.schemas import FileDeleted, FilePublic, FileSample, FileSamples
 from app.pagination import check_limit, page
+from task_plugins.media.archive import ArchiveLimits
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 # OpenAI's files list returns up to 10,000 files by default; the SDK pages on with `after`
 MAX_FILES_LIMIT = 10_000
+MAX_SAMPLES_PER_CLASS = 50
 
 
 @router.post("", response_model=FilePublic)
@@ -35,6 +37,7 @@ def upload_file(
         project_id=principal.project_id,
         quota_bytes=settings.quota_storage_bytes,
         min_examples=settings.min_training_examples,
+        settings=settings,
     )
     return FilePublic.of(row)
 
@@ -74,6 +77,66 @@ def file_content(
         media_type="application/octet-stream",
         headers={
             "Content-Disposition": f'attachment; filename="{row.filename.replace(chr(34), "")}"'
+        },
+    )
+
+
+@router.get("/{file_id}/samples", response_model=FileSamples)
+def list_samples(
+    principal: PrincipalDep,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    file_id: str,
+    per_class: Annotated[int, Query(ge=1, le=MAX_SAMPLES_PER_CLASS)] = 6,
+) -> FileSamples:
+    """A few examples of each class of an image or audio archive, by label."""
+    row, found = service.list_samples(
+        session, store, file_id, principal.project_id, per_class, ArchiveLimits.of(settings)
+    )
+    return FileSamples(
+        file_id=row.id,
+        format=row.format,
+        data=[
+            FileSample(
+                index=s.index,
+                file=s.example.member,
+                label=s.example.label,
+                content_type=s.media_type,
+            )
+            for s in found
+        ],
+    )
+
+
+@router.get(
+    "/{file_id}/samples/{index}/content",
+    responses={
+        200: {
+            "description": "The example's bytes (image/* or audio/*)",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+def sample_content(
+    principal: PrincipalDep,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    file_id: str,
+    index: int,
+) -> StreamingResponse:
+    sample, chunks = service.sample_chunks(
+        session, store, file_id, principal.project_id, index, ArchiveLimits.of(settings)
+    )
+    return StreamingResponse(
+        chunks,
+        media_type=sample.media_type,
+        headers={
+            # the type is the extension's; never let a browser guess another (HTML, script)
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+            "Cache-Control": "private, max-age=3600",
         },
     )
 

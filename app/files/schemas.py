@@ -46,3 +46,20 @@ class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
     deleted: bool = True
+
+
+class FileSample(BaseModel):
+    """One example of an image or audio archive; its bytes are at
+    GET /v1/files/{file_id}/samples/{index}/content."""
+
+    index: int
+    file: str  # the member's path in the archive
+    label: str
+    content_type: str
+
+
+class FileSamples(BaseModel):
+    object: Literal["list"] = "list"
+    file_id: str
+    format: str | None
+    data: list[FileSample]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
@@ -13,9 +15,12 @@ from app.failures import APIError, not_found
 from app.files import repository
 from app.files.formats import inspect_file
 from app.ids import new_id
+from app.settings import Settings
 from app.storage import ArtifactStore, TooLarge
 from app.tables import FileRow
 from task_plugins.base import UploadRefused
+from task_plugins.media import archive
+from task_plugins.media.archive import ArchiveLimits, Example
 
 PURPOSES = ("fine-tune",)
 MAX_FILENAME = 255
@@ -48,6 +53,7 @@ def create_file(
     project_id: str,
     quota_bytes: int | None = None,
     min_examples: int = 1,
+    settings: Settings | None = None,
 ) -> FileRow:
     if purpose not in PURPOSES:
         raise APIError(
@@ -78,7 +84,9 @@ def create_file(
             code="file_too_large",
         ) from exc
     try:
-        report = inspect_file(store.local_file(key), name, min_examples=min_examples)
+        report = inspect_file(
+            store.local_file(key), name, min_examples=min_examples, settings=settings
+        )
     except UploadRefused as exc:
         store.delete(f"files/{file_id}")
         raise APIError(400, f"{name}: {exc}.", param="file", code="invalid_archive") from exc
@@ -137,3 +145,90 @@ def delete_file(session: Session, store: ArtifactStore, file_id: str, project_id
     row.deleted = True
     session.flush()
     store.delete(f"files/{file_id}")
+
+
+# -- samples of an image or audio archive (the dashboard's grids and players) -----------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int
+    example: Example
+
+    @property
+    def media_type(self) -> str:
+        return archive.media_type(self.example.member)
+
+
+def scan_stored_archive(store: ArtifactStore, row: FileRow, limits: ArchiveLimits) -> archive.Scan:
+    """The archive's examples, read from its zip directory through a seekable stream of the
+    stored upload (never extracted, never read whole), with the upload's hostile checks."""
+    if row.format not in archive.FORMATS.values():
+        raise APIError(
+            400,
+            f"File {row.id} ({row.filename}) is in {row.format or 'no known'} format; samples "
+            f"are shown for {' and '.join(archive.FORMATS.values())} archives only.",
+            param="file_id",
+            code="invalid_file_format",
+        )
+    try:
+        with store.open_read(row.storage_key) as stream:
+            return archive.scan(stream, verify=False, limits=limits)
+    except (UploadRefused, OSError, zipfile.BadZipFile) as exc:
+        raise APIError(
+            409,
+            f"File {row.id} cannot be read as an archive now ({exc}); upload it again.",
+            param="file_id",
+            code="invalid_archive",
+        ) from exc
+
+
+def list_samples(
+    session: Session,
+    store: ArtifactStore,
+    file_id: str,
+    project_id: str,
+    per_class: int,
+    limits: ArchiveLimits,
+) -> tuple[FileRow, list[Sample]]:
+    """The first `per_class` examples of each class of an image or audio archive."""
+    row = get_file(session, file_id, project_id)
+    found = scan_stored_archive(store, row, limits)
+    return row, [Sample(index, example) for index, example in archive.samples(found, per_class)]
+
+
+def sample_chunks(
+    session: Session,
+    store: ArtifactStore,
+    file_id: str,
+    project_id: str,
+    index: int,
+    limits: ArchiveLimits,
+) -> tuple[Sample, Iterator[bytes]]:
+    """Example `index` of the archive (as listed by its samples, and in a job's
+    misclassified examples), and its bytes as they unpack, chunk by chunk."""
+    row = get_file(session, file_id, project_id)
+    found = scan_stored_archive(store, row, limits)
+    if not 0 <= index < len(found.examples):
+        raise APIError(
+            404,
+            f"File {file_id} has {len(found.examples)} examples; sample index {index} is not "
+            f"one of them (0 to {len(found.examples) - 1}).",
+            param="index",
+            code="not_found",
+        )
+    sample = Sample(index, found.examples[index])
+    return sample, _member_chunks(store, row.storage_key, sample.example.member, limits)
+
+
+def _member_chunks(
+    store: ArtifactStore, key: str, member: str, limits: ArchiveLimits, size: int = 1 << 16
+) -> Iterator[bytes]:
+    # opened again here: the response streams after the route returned
+    with (
+        store.open_read(key) as stream,
+        archive.open_archive(stream, limits) as opened,
+        opened.open(member) as source,
+    ):
+        while chunk := source.read(size):
+            yield chunk

@@ -112,7 +112,9 @@ class CausalLmTrainer(TaskTrainer):
             return packing_collator()
         return PadCollator(int(processor.pad_token_id))
 
-    def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
+    def metrics(
+        self, labels: list[str], validation: Encoded | None = None
+    ) -> tuple[ComputeMetrics, PreprocessLogits | None]:
         return causal_lm_metrics, argmax_logits
 
 

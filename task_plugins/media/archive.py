@@ -23,9 +23,12 @@ import zipfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from task_plugins.base import Row, UploadRefused
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 Modality = Literal["image", "audio"]
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -37,14 +40,6 @@ FORMATS: dict[Modality, str] = {
 }
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 
-# Hostile-archive limits. A member's declared size bounds what reading it can produce
-# (zipfile stops at file_size), so checking the central directory is enough.
-MAX_ENTRIES = 200_000
-MAX_TOTAL_BYTES = 32 * 1024**3
-MAX_MEMBER_BYTES = 512 * 1024**2
-# Real images and sounds are already compressed (JPEG, PNG, FLAC: about 1x); raw WAV or BMP
-# deflate maybe 10x. Far beyond that is a bomb.
-MAX_RATIO = 200
 MAX_METADATA_BYTES = 64 * 1024**2
 # An image over this many pixels is refused (Pillow's decompression-bomb guard, made an error).
 MAX_IMAGE_PIXELS = 12_000 * 12_000
@@ -52,6 +47,48 @@ MIN_PER_CLASS = 2
 
 _JUNK_DIRS = ("__MACOSX/",)
 _JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Hostile-archive limits (TUNERY_ARCHIVE_* settings, app/settings.py). A member's declared
+    size bounds what reading it can produce (zipfile stops at file_size), so checking the
+    central directory is enough."""
+
+    max_entries: int
+    max_total_bytes: int
+    max_member_bytes: int
+    # unpacked / packed size of one member; only members over 1 MiB are held to it
+    max_ratio: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> ArchiveLimits:
+        return cls(
+            max_entries=settings.archive_max_entries,
+            max_total_bytes=settings.archive_max_total_bytes,
+            max_member_bytes=settings.archive_max_member_bytes,
+            max_ratio=settings.archive_max_ratio,
+        )
+
+    @classmethod
+    def from_env(cls) -> ArchiveLimits:
+        """The limits this process was configured with (TUNERY_ARCHIVE_*, else defaults)."""
+        from app.settings import get_settings
+
+        return cls.of(get_settings())
+
+
+# media types of the extensions an archive's examples may have (the samples route sends them)
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".wav": "audio/wav",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+}
 
 
 @dataclass
@@ -85,29 +122,30 @@ def claims(path: Path, filename: str) -> bool:
         return False
 
 
-def open_archive(path: Path) -> zipfile.ZipFile:
-    """The archive, checked for everything hostile; raises UploadRefused."""
+def open_archive(source: Path | IO[bytes], limits: ArchiveLimits | None = None) -> zipfile.ZipFile:
+    """The archive (a path, or a seekable stream such as the artifact store's), checked for
+    everything hostile; raises UploadRefused."""
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UploadRefused(
             f"the upload is not a readable zip archive ({exc}); zip it again"
         ) from exc
     try:
-        check_hostile(archive)
+        check_hostile(archive, limits or ArchiveLimits.from_env())
     except BaseException:
         archive.close()
         raise
     return archive
 
 
-def check_hostile(archive: zipfile.ZipFile) -> None:
+def check_hostile(archive: zipfile.ZipFile, limits: ArchiveLimits) -> None:
     """Refuse path traversal, absolute paths, links, bombs and too many entries."""
     infos = archive.infolist()
-    if len(infos) > MAX_ENTRIES:
+    if len(infos) > limits.max_entries:
         raise UploadRefused(
-            f"the archive has {len(infos)} entries; at most {MAX_ENTRIES} are allowed: split "
-            "the dataset into several archives"
+            f"the archive has {len(infos)} entries; at most {limits.max_entries} are allowed "
+            "(TUNERY_ARCHIVE_MAX_ENTRIES): split the dataset into several archives"
         )
     total = 0
     for info in infos:
@@ -121,21 +159,24 @@ def check_hostile(archive: zipfile.ZipFile) -> None:
             )
         if info.flag_bits & 0x1:
             raise UploadRefused(f"{name!r} is encrypted; zip the dataset without a password")
-        if info.file_size > MAX_MEMBER_BYTES:
+        if info.file_size > limits.max_member_bytes:
             raise UploadRefused(
                 f"{name!r} unpacks to {info.file_size} bytes; a file may be at most "
-                f"{MAX_MEMBER_BYTES} bytes"
+                f"{limits.max_member_bytes} bytes (TUNERY_ARCHIVE_MAX_MEMBER_BYTES)"
             )
-        if info.file_size > MAX_RATIO * max(info.compress_size, 1) and info.file_size > 1 << 20:
+        if (
+            info.file_size > limits.max_ratio * max(info.compress_size, 1)
+            and info.file_size > 1 << 20
+        ):
             raise UploadRefused(
                 f"{name!r} unpacks to {info.file_size} bytes from {info.compress_size} "
-                f"(over {MAX_RATIO}x): refused as a zip bomb"
+                f"(over {limits.max_ratio:g}x, TUNERY_ARCHIVE_MAX_RATIO): refused as a zip bomb"
             )
         total += info.file_size
-        if total > MAX_TOTAL_BYTES:
+        if total > limits.max_total_bytes:
             raise UploadRefused(
-                f"the archive unpacks to more than {MAX_TOTAL_BYTES} bytes; split the dataset "
-                "into several archives"
+                f"the archive unpacks to more than {limits.max_total_bytes} bytes "
+                "(TUNERY_ARCHIVE_MAX_TOTAL_BYTES); split the dataset into several archives"
             )
 
 
@@ -149,17 +190,39 @@ def check_member_name(name: str) -> None:
         raise UploadRefused(f"{name!r} has a NUL character in its name; refused")
 
 
-def scan(path: Path, *, verify: bool, max_problems: int = 1000) -> Scan:
+def scan(
+    source: Path | IO[bytes],
+    *,
+    verify: bool,
+    max_problems: int = 1000,
+    limits: ArchiveLimits | None = None,
+) -> Scan:
     """The examples of an archive (raises UploadRefused for a hostile one); with `verify`,
     every file is decoded and its size or duration collected by `media_stats`."""
-    with open_archive(path) as archive:
+    with open_archive(source, limits) as archive:
         return _scan(archive, verify=verify, max_problems=max_problems)[0]
 
 
-def inspect(path: Path, *, max_problems: int) -> tuple[Scan, dict[str, Any]]:
+def inspect(
+    path: Path, *, max_problems: int, limits: ArchiveLimits | None = None
+) -> tuple[Scan, dict[str, Any]]:
     """The scan and the upload's stats (counts per class, sizes or durations)."""
-    with open_archive(path) as archive:
+    with open_archive(path, limits) as archive:
         return _scan(archive, verify=True, max_problems=max_problems)
+
+
+def samples(found: Scan, per_class: int) -> list[tuple[int, Example]]:
+    """The first `per_class` examples of each class, by label, each with its index in the
+    scan (the index the samples route and the trainer's rows use)."""
+    taken: dict[str, list[tuple[int, Example]]] = defaultdict(list)
+    for index, example in enumerate(found.examples):
+        if len(taken[example.label]) < per_class:
+            taken[example.label].append((index, example))
+    return [pair for label in sorted(taken) for pair in taken[label]]
+
+
+def media_type(member: str) -> str:
+    return MEDIA_TYPES.get(PurePosixPath(member).suffix.lower(), "application/octet-stream")
 
 
 def _scan(
@@ -449,8 +512,9 @@ def audio_facts(stream: IO[bytes]) -> tuple[float, ...]:
 
 
 def rows(path: Path, scan_result: Scan) -> list[Row]:
-    """Training rows: the archive, the member and its label."""
+    """Training rows: the archive, the member, its label, and its index in the scan (what
+    GET /v1/files/{file_id}/samples/{index}/content serves)."""
     return [
-        {"archive": str(path), "file": example.member, "label": example.label}
-        for example in scan_result.examples
+        {"archive": str(path), "file": example.member, "label": example.label, "index": index}
+        for index, example in enumerate(scan_result.examples)
     ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from task_plugins.base import Row
 from task_plugins.media import archive
-from task_plugins.media.archive import FORMATS, Modality
+from task_plugins.media.archive import FORMATS, ArchiveLimits, Modality
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 class MediaArchive:
@@ -30,10 +33,18 @@ class MediaArchive:
         found = archive.detect_modality(names)
         return found == self.modality or (found is None and self.modality == "image")
 
-    def inspect(self, path: Path, filename: str, max_errors: int, min_examples: int) -> Any:
+    def inspect(
+        self,
+        path: Path,
+        filename: str,
+        max_errors: int,
+        min_examples: int,
+        settings: Settings | None = None,
+    ) -> Any:
         from app.files.formats import FileReport
 
-        found, stats = archive.inspect(path, max_problems=max(max_errors, 1))
+        limits = ArchiveLimits.of(settings) if settings is not None else None
+        found, stats = archive.inspect(path, max_problems=max(max_errors, 1), limits=limits)
         problems = list(found.problems)
         if 0 < len(found.examples) < min_examples:
             problems.insert(

@@ -69,6 +69,8 @@ CROP_RATIO = (3 / 4, 4 / 3)
 # Audio clips longer than this are cropped: at random in training, from the start otherwise.
 MAX_CLIP_SECONDS = 10.0
 TOP_K = 5
+# misclassified validation examples an evaluation names (the most confident mistakes first)
+MAX_MISCLASSIFIED = 8
 
 
 class MediaClassificationTrainer(TextClassificationTrainer):
@@ -119,7 +121,15 @@ class MediaClassificationTrainer(TextClassificationTrainer):
     ) -> Encoded:
         ids = {label: index for index, label in enumerate(labels)}
         return Encoded(
-            [{"archive": r["archive"], "file": r["file"], "labels": ids[r["label"]]} for r in rows]
+            [
+                {
+                    "archive": r["archive"],
+                    "file": r["file"],
+                    "index": r.get("index"),
+                    "labels": ids[r["label"]],
+                }
+                for r in rows
+            ]
         )
 
     def load_model(
@@ -164,8 +174,10 @@ class MediaClassificationTrainer(TextClassificationTrainer):
             seed=spec.seed,
         )
 
-    def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
-        return MediaMetrics(labels), None
+    def metrics(
+        self, labels: list[str], validation: Encoded | None = None
+    ) -> tuple[ComputeMetrics, PreprocessLogits | None]:
+        return MediaMetrics(labels, validation.features if validation else None), None
 
 
 class MediaCollator(TrainerCallback):
@@ -283,18 +295,54 @@ def _uniform(low: float, high: float, rng: torch.Generator | None = None) -> flo
 
 
 class MediaMetrics(ClassificationMetrics):
-    """The classification figures, plus top-5 accuracy when there are more than 5 classes."""
+    """The classification figures, plus top-5 accuracy when there are more than 5 classes,
+    and a few misclassified validation examples (`validation`: its rows in the Trainer's
+    evaluation order, which is the dataset's: sequential, and gathered in order)."""
+
+    def __init__(self, labels: list[str], validation: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(labels)
+        self.validation = validation or []
 
     def __call__(self, prediction: Any) -> dict[str, Any]:
         metrics = super().__call__(prediction)
+        logits = prediction.predictions
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        scores = np.asarray(logits, dtype=np.float64)
+        true = np.asarray(prediction.label_ids).reshape(-1)
         if len(self.labels) > TOP_K:
-            logits = prediction.predictions
-            if isinstance(logits, tuple):
-                logits = logits[0]
-            metrics["top5_accuracy"] = top_k_accuracy(
-                np.asarray(logits), np.asarray(prediction.label_ids).reshape(-1), TOP_K
-            )
+            metrics["top5_accuracy"] = top_k_accuracy(scores, true, TOP_K)
+        if len(self.validation) == len(true):
+            metrics["misclassified"] = misclassified(scores, true, self.validation, self.labels)
         return metrics
+
+
+def misclassified(
+    logits: np.ndarray,
+    true: np.ndarray,
+    rows: list[dict[str, Any]],
+    labels: list[str],
+    limit: int = MAX_MISCLASSIFIED,
+) -> list[dict[str, Any]]:
+    """The validation rows the model got wrong, the most confident mistakes first: each
+    one's file in the archive (and its index there), true and predicted label, and the
+    probability the model gave its prediction."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+    predicted = probabilities.argmax(axis=-1)
+    wrong = np.flatnonzero(predicted != true)
+    confidence = probabilities[wrong, predicted[wrong]]
+    picked = wrong[np.argsort(-confidence, kind="stable")][:limit]
+    return [
+        {
+            "file": rows[i]["file"],
+            "index": rows[i].get("index"),
+            "label": labels[int(true[i])],
+            "predicted": labels[int(predicted[i])],
+            "score": round(float(probabilities[i, predicted[i]]), 4),
+        }
+        for i in picked
+    ]
 
 
 def top_k_accuracy(scores: np.ndarray, true: np.ndarray, k: int) -> float:

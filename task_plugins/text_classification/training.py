@@ -86,7 +86,9 @@ class TextClassificationTrainer(TaskTrainer):
         model.accepts_loss_kwargs = False  # type: ignore[assignment]  # a plain attribute
         return model
 
-    def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
+    def metrics(
+        self, labels: list[str], validation: Encoded | None = None
+    ) -> tuple[ComputeMetrics, PreprocessLogits | None]:
         return ClassificationMetrics(labels), None
 
     def check_start(self, manifest: dict[str, Any], labels: list[str]) -> None:

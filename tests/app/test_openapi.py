@@ -70,6 +70,7 @@ EXPECTED_LINKS = {
     "POST /v1/files": {
         "GET /v1/files/{file_id}",
         "GET /v1/files/{file_id}/content",
+        "GET /v1/files/{file_id}/samples",
         "DELETE /v1/files/{file_id}",
         "POST /v1/fine_tuning/jobs",
         "POST /v1/evaluations",

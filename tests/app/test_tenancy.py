@@ -32,6 +32,7 @@ from app.tables import (
     SweepRow,
 )
 from tests.app.conftest import Api
+from tests.support.media import digit_images, folder_zip
 
 CHAT = "\n".join(
     json.dumps({"prompt": f"question {i}", "completion": f" answer {i}"}) for i in range(12)
@@ -58,6 +59,7 @@ class Tenants:
     key_a: str
     key_b: str
     ids: dict[str, str]  # path parameter name -> project A's object
+    media_file_id: str  # project A's image archive, for the routes of an archive's samples
 
 
 def make_session(api: Api) -> sessionmaker[Session]:
@@ -86,6 +88,16 @@ def tenants(api: Api, tmp_path: Path) -> Tenants:
         session.commit()
 
     file_id = upload(api, key_a)["id"]
+    # the samples routes read an image archive: project A's own is a small zip of digits
+    pictures = folder_zip(tmp_path / "digits.zip", digit_images(5, (1, 2)))
+    media = api.client.post(
+        "/v1/files",
+        files={"file": ("digits.zip", pictures.read_bytes())},
+        data={"purpose": "fine-tune"},
+        headers=bearer(key_a),
+    )
+    assert media.status_code == 200, media.text
+    media_file_id = media.json()["id"]
     job = api.client.post(
         "/v1/fine_tuning/jobs",
         json={"model": "tiny-llama", "training_file": file_id, "suffix": "a"},
@@ -170,8 +182,9 @@ def tenants(api: Api, tmp_path: Path) -> Tenants:
         "dep_id": dep_id,
         "evaluation_id": evaluation_id,
         "sweep_id": sweep_id,
+        "index": "0",
     }
-    return Tenants(api, key_a, key_b, ids)
+    return Tenants(api, key_a, key_b, ids, media_file_id)
 
 
 # not any project's: base-model pulls are the admin's, shared by every project
@@ -181,10 +194,13 @@ SHARED = "/v1/models/pulls/"
 
 def call(tenants: Tenants, route: APIRoute, method: str, key: str) -> Any:
     path = route.path
+    ids = tenants.ids
+    if "/samples" in path:
+        ids = {**ids, "file_id": tenants.media_file_id}
     for param in route.dependant.path_params:
-        assert param.name in tenants.ids, f"no object for {{{param.name}}} in {route.path}"
-        path = path.replace(f"{{{param.name}}}", tenants.ids[param.name])
-        path = path.replace(f"{{{param.name}:path}}", tenants.ids[param.name])
+        assert param.name in ids, f"no object for {{{param.name}}} in {route.path}"
+        path = path.replace(f"{{{param.name}}}", ids[param.name])
+        path = path.replace(f"{{{param.name}:path}}", ids[param.name])
     body = {"inputs": ["hello"]} if path.endswith("/predict") else None
     return tenants.api.client.request(method, path, json=body, headers=bearer(key))
 

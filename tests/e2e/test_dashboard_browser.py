@@ -1,7 +1,9 @@
 """The dashboard in a real headless browser (Debian's chromium, driven by selenium) against a
 live embedded server: the loss curve grows while a job trains, the finished job shows its
 evaluation curves and confusion matrix, a file shows its validation report with line numbers,
-the playground predicts, and the cancel button cancels. Screenshots go to test-artifacts/.
+an image or audio archive shows a few examples per class (thumbnails, players), an image job
+shows its misclassified validation pictures beside the confusion matrix, the playground
+predicts, and the cancel button cancels. Screenshots go to test-artifacts/.
 
 `make test` installs chromium when it can (scripts/install-browser.sh); without it this skips.
 """
@@ -19,6 +21,8 @@ import pytest
 
 from tests.support import live
 from tests.support.data import sentiment_rows, write_jsonl
+from tests.support.media import digit_images, folder_zip, tones
+from tests.support.models import build_tiny_vit
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -32,7 +36,12 @@ T = TypeVar("T")
 def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
 ) -> Iterator[live.LiveServer]:
-    with live.embedded(tmp_path_factory.mktemp("dashboard") / "data", tiny_models) as srv:
+    # the shared tiny text models, and an image model for the media pages
+    models = tmp_path_factory.mktemp("dashboard-models")
+    for model in tiny_models.iterdir():
+        (models / model.name).symlink_to(model, target_is_directory=True)
+    build_tiny_vit(models / "tiny-vit")
+    with live.embedded(tmp_path_factory.mktemp("dashboard") / "data", models) as srv:
         yield srv
 
 
@@ -394,3 +403,106 @@ def test_sweep_page_shows_trials_over_time_and_parameters(
     assert "Sweep succeeded" in text_of(browser, "#sweep-events")
     assert "2 / 2" in text_of(browser, "#trials-stat")
     shot(browser, "10-sweep-succeeded")
+
+
+def loaded_media(driver: Any, selector: str) -> list[dict[str, Any]]:
+    """The <img>/<audio> elements under selector that show their example: decoded pictures
+    (naturalWidth) and sounds whose metadata loaded (duration)."""
+    return list(
+        driver.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].map(m => ({"
+            " file: m.closest('figure').dataset.file || m.title, loaded: m.dataset.loaded,"
+            " width: m.naturalWidth || 0, duration: m.duration || 0}));",
+            selector,
+        )
+    )
+
+
+def all_shown(
+    driver: Any, selector: str, count: int, ok: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]] | None:
+    """The media under selector once there are `count` and each is `ok`, else None."""
+    shown = loaded_media(driver, selector)
+    return shown if len(shown) == count and all(m["loaded"] and ok(m) for m in shown) else None
+
+
+def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
+    server: live.LiveServer, browser: Any, tmp_path: Path
+) -> None:
+    pictures = folder_zip(tmp_path / "digits.zip", digit_images(8, (0, 1, 2)))
+    sounds = folder_zip(tmp_path / "tones.zip", tones(5, ("low", "high"), seconds=0.2), ".wav")
+    with server.client() as client:
+        images = upload(client, pictures)
+        audio = upload(client, sounds)
+        assert images["status"] == audio["status"] == "processed", (images, audio)
+        # a job that barely trains (a tiny learning rate): it gets pictures wrong
+        response = client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": "tiny-vit",
+                "training_file": images["id"],
+                "seed": 1,
+                "training_type": {"type": "full"},
+                "method": {
+                    "type": "supervised",
+                    "supervised": {
+                        "hyperparameters": {
+                            "n_epochs": 1,
+                            "batch_size": 8,
+                            "learning_rate": 1e-7,
+                            "validation_split": 0.25,
+                            "augmentation": False,
+                        }
+                    },
+                },
+            },
+        )
+        assert response.status_code == 200, response.text
+        job_id = response.json()["id"]
+
+    browser.get(f"{server.base_url}/#/files/{images['id']}")
+    thumbs = wait(
+        "six decoded thumbnails of each of the 3 classes",
+        lambda: all_shown(browser, "#file-samples img", 18, lambda m: m["width"] == 32),
+    )
+    assert len(thumbs) == 18
+    classes = browser.execute_script(
+        "return [...document.querySelectorAll('#file-samples .sample-class')]"
+        ".map(c => [c.dataset.label, c.querySelectorAll('img').length]);"
+    )
+    assert classes == [["0", 6], ["1", 6], ["2", 6]], classes
+    assert "null" not in text_of(browser, "#app")
+    shot(browser, "12-image-samples")
+
+    browser.get(f"{server.base_url}/#/files/{audio['id']}")
+    players = wait(
+        "a loaded player per sound (5 per class, under the 6 shown)",
+        lambda: all_shown(browser, "#file-samples audio", 10, lambda m: m["duration"] > 0.1),
+    )
+    assert all(abs(p["duration"] - 0.2) < 0.05 for p in players), players
+    shot(browser, "13-audio-samples")
+
+    with server.client() as client:
+        done = live.wait_for(
+            client, f"/v1/fine_tuning/jobs/{job_id}", {"succeeded", "failed", "cancelled"}
+        )
+        assert done["status"] == "succeeded", done
+        metrics = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()
+    wrong = metrics["evaluations"][-1]["misclassified"]
+    assert wrong, metrics["evaluations"][-1]
+    browser.get(f"{server.base_url}/#/jobs/{job_id}")
+    shown = wait(
+        "the misclassified pictures beside the confusion matrix",
+        lambda: all_shown(
+            browser, "#confusion-card #misclassified img", len(wrong), lambda m: m["width"] == 32
+        ),
+    )
+    assert [m["file"] for m in shown] == [w["file"] for w in wrong]
+    captions = browser.execute_script(
+        "return [...document.querySelectorAll('#misclassified figcaption')].map(c => ["
+        "c.querySelector('.true-label').textContent, c.querySelector('.predicted-label')"
+        ".textContent]);"
+    )
+    assert captions == [[w["label"], w["predicted"]] for w in wrong], captions
+    assert all(label != predicted for label, predicted in captions)
+    shot(browser, "14-job-misclassified")

@@ -75,7 +75,7 @@ def prepare(
         files = jobs_service.job_files(session, row) if row.status == "validating_files" else None
     if files is not None:
         jobs_service.check_files_again(
-            store, row.task, files, trainer_method(row.method or {})["type"]
+            store, row.task, files, trainer_method(row.method or {})["type"], settings
         )
         with make_session() as session:
             outcomes.files_validated(session, lease.owned(session))

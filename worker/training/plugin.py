@@ -94,8 +94,12 @@ class TaskTrainer(ABC):
         return PadCollator(int(tokenizer.pad_token_id))
 
     @abstractmethod
-    def metrics(self, labels: list[str]) -> tuple[ComputeMetrics, PreprocessLogits | None]:
-        """compute_metrics for the Trainer, and preprocess_logits_for_metrics (or None)."""
+    def metrics(
+        self, labels: list[str], validation: Encoded | None = None
+    ) -> tuple[ComputeMetrics, PreprocessLogits | None]:
+        """compute_metrics for the Trainer, and preprocess_logits_for_metrics (or None).
+        `validation` is the evaluation set in the Trainer's order, for figures that point at
+        its rows (media classification's misclassified examples)."""
 
     def check_start(self, manifest: dict[str, Any], labels: list[str]) -> None:
         """Refuse a from_checkpoint model that this job's data cannot continue."""

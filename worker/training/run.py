@@ -172,7 +172,7 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     collator = task.collator(spec, model, processor, train_set, cuda, events.message)
     compute_metrics: ComputeMetrics | None
     preprocess_logits: PreprocessLogits | None
-    compute_metrics, preprocess_logits = task.metrics(splits.labels)
+    compute_metrics, preprocess_logits = task.metrics(splits.labels, validation_set)
     trainer_class: type[GuardedTrainer] = GuardedTrainer
     method_kwargs: dict[str, Any] = {}
     if isinstance(spec.method, DpoMethod):

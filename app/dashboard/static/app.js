@@ -16,6 +16,7 @@
   };
   // DPO's reward_accuracy (share of pairs preferred) shares the 0..1 chart; its rewards and
   // margins are in the tables
+  const MEDIA_FORMATS = new Set(["image-classification", "audio-classification"]);
   const EVAL_METRICS = ["accuracy", "f1", "precision", "recall", "token_accuracy", "reward_accuracy"];
   let page = 0; // bumps on every navigation: stale polls and renders check it and stop
   let pollTimer = null;
@@ -186,6 +187,33 @@
     document.body.appendChild(link);
     link.click();
     link.remove();
+  }
+
+  // An archive's example (GET /v1/files/ID/samples/N/content), fetched with the API key and
+  // shown from a blob: URL; each is fetched once per page load, however often a poll redraws.
+  const mediaUrls = new Map();
+
+  function mediaUrl(path) {
+    if (!mediaUrls.has(path)) {
+      const loading = fetch(path, { headers: authHeaders() }).then(async (res) => {
+        if (!res.ok) throw await errorOf(res);
+        return URL.createObjectURL(await res.blob());
+      });
+      loading.catch(() => mediaUrls.delete(path)); // a later redraw tries again
+      mediaUrls.set(path, loading);
+    }
+    return mediaUrls.get(path);
+  }
+
+  // a thumbnail (images) or a player (audio) of example `index` of an uploaded archive
+  function sampleMedia(fileId, index, isAudio, name) {
+    const path = `/v1/files/${encodeURIComponent(fileId)}/samples/${encodeURIComponent(index)}/content`;
+    const node = isAudio
+      ? h("audio", { class: "sample-audio", controls: true, preload: "metadata", title: name })
+      : h("img", { class: "sample-thumb", alt: name, title: name });
+    mediaUrl(path).then((url) => { node.src = url; node.dataset.loaded = "true"; })
+      .catch((e) => { node.classList.add("broken"); node.title = e.message; });
+    return node;
   }
 
   function askKey(message) {
@@ -360,7 +388,7 @@
       renderError(errorBox, job);
       renderSummary(summary, job, metrics);
       renderCharts(lossChart, evalChart, lrChart, metrics);
-      renderConfusion(matrixCard, matrixBox, metrics);
+      renderConfusion(matrixCard, matrixBox, metrics, job);
       renderEvalTable(evalTable, metrics);
       renderTrainTable(trainTable, metrics);
       renderEvents(eventsBox, events.data);
@@ -490,7 +518,7 @@
     TinyChart.line(lrBox, { xLabel: "step", height: 160, series: [series(training, "learning_rate", { width: 1.5 })] });
   }
 
-  function renderConfusion(cardNode, box, metrics) {
+  function renderConfusion(cardNode, box, metrics, job) {
     const evals = (metrics.evaluations || []).filter((e) => Array.isArray(e.confusion_matrix));
     if (!evals.length) { cardNode.classList.add("hidden"); return; }
     cardNode.classList.remove("hidden");
@@ -516,7 +544,25 @@
     const perClass = latest.per_class ? h("table", { class: "table compact" },
       h("thead", {}, h("tr", {}, ["label", "precision", "recall", "f1", "support"].map((t) => h("th", { text: t })))),
       h("tbody", {}, Object.entries(latest.per_class).map(([label, m]) => h("tr", {}, h("td", { text: label }), ["precision", "recall", "f1", "support"].map((k) => h("td", { text: fmt(m[k], 3) })))))) : null;
-    box.replaceChildren(h("p", { class: "muted small", text: `Evaluation at step ${latest.step} (epoch ${fmt(latest.epoch, 2)})` }), h("div", { class: "matrix-wrap" }, table, perClass));
+    box.replaceChildren(h("p", { class: "muted small", text: `Evaluation at step ${latest.step} (epoch ${fmt(latest.epoch, 2)})` }), h("div", { class: "matrix-wrap" }, table, misclassifiedPanel(latest, job), perClass));
+  }
+
+  // image and audio jobs: the validation examples the evaluation got wrong, most confident first
+  function misclassifiedPanel(evaluation, job) {
+    const wrong = evaluation.misclassified;
+    if (!Array.isArray(wrong)) return null;
+    // the validation rows are the validation file's, or the split held out of the training file
+    const fileId = job.validation_file || job.training_file;
+    const isAudio = job.task === "audio-classification";
+    return h("div", { class: "misclassified", id: "misclassified" },
+      h("h3", { text: "Misclassified" }),
+      wrong.length ? h("div", { class: "sample-grid" }, wrong.map((w) => h("figure", { class: "sample wrong", "data-file": w.file },
+        typeof w.index === "number" ? sampleMedia(fileId, w.index, isAudio, w.file) : null,
+        h("figcaption", {},
+          h("span", { class: "true-label", text: w.label }), " → ", h("span", { class: "predicted-label", text: w.predicted }),
+          h("small", { text: ` ${Math.round(w.score * 100)}%` }),
+          h("span", { class: "sample-name", title: w.file, text: w.file })))))
+        : h("p", { class: "muted small", text: "None: every validation example is right." }));
   }
 
   function columnsOf(rows, first) {
@@ -657,7 +703,10 @@
     const errors = file.errors || [];
     const labels = stats.labels && typeof stats.labels === "object" ? Object.entries(stats.labels).sort((a, b) => b[1] - a[1]) : [];
     const peak = Math.max(1, ...labels.map((l) => l[1]));
-    box.replaceChildren(
+    const samplesBox = h("div", { id: "file-samples" }, h("p", { class: "muted", text: "Loading samples…" }));
+    if (MEDIA_FORMATS.has(file.format)) loadSamples(file, samplesBox);
+    // DOM replaceChildren writes a null as the text "null": leave the absent cards out
+    box.replaceChildren(...[
       h("div", { class: "page-head" },
         h("div", {}, h("h1", { text: file.filename }), h("div", { class: "subtitle" }, pill(file.status), " ", h("span", { class: "mono", text: file.id }), " · ", bytes(file.bytes), " · ", stamp(file.created_at))),
         h("div", { class: "row" }, file.status === "processed" ? h("a", { class: "button primary", href: "#/jobs", text: "Train on it", onclick: () => sessionStorage.setItem("tunery_new_job_file", file.id) }) : null)),
@@ -669,12 +718,30 @@
         h("div", { class: "stat" }, h("span", { class: "label", text: "Problems" }), h("span", { class: "value", text: String(errors.length) }), h("span", { class: "sub", text: errors.length >= 20 ? "first 20 shown" : "" }))),
       labels.length ? card("Labels", h("div", { class: "hbars" }, labels.map(([label, count]) => h("div", { class: "hbar" },
         h("span", { class: "hbar-label", text: label }), h("span", { class: "hbar-track" }, h("span", { style: { width: (count / peak * 100) + "%" } })), h("span", { class: "hbar-value", text: fmt(count) }))))) : null,
+      MEDIA_FORMATS.has(file.format) ? card("Samples", samplesBox, { id: "samples-card" }) : null,
       card("Validation report", errors.length ? h("table", { class: "table compact", id: "file-errors" },
         h("thead", {}, h("tr", {}, h("th", { text: "Line" }), h("th", { text: "Problem" }))),
         h("tbody", {}, errors.map((e) => h("tr", {}, h("td", { class: "mono", text: e.path ? e.path : (e.line ? String(e.line) : "file") }), h("td", { text: e.message })))))
         : h("p", { class: "ok", text: "Every row is valid." })),
-    );
+    ].filter(Boolean));
     setLive(false);
+  }
+
+  // a few examples per class of an image or audio archive: thumbnails, or a player each
+  async function loadSamples(file, box) {
+    let list;
+    try { list = await api(`/v1/files/${encodeURIComponent(file.id)}/samples?per_class=6`); } catch (e) { fail(box, e); return; }
+    const byLabel = new Map();
+    for (const sample of list.data) {
+      if (!byLabel.has(sample.label)) byLabel.set(sample.label, []);
+      byLabel.get(sample.label).push(sample);
+    }
+    if (!byLabel.size) { box.replaceChildren(h("p", { class: "muted", text: "The archive has no examples." })); return; }
+    box.replaceChildren(...[...byLabel].map(([label, samples]) => h("div", { class: "sample-class", "data-label": label },
+      h("h3", {}, label, h("span", { class: "muted small", text: ` · ${fmt(((file.stats || {}).labels || {})[label])} in all` })),
+      h("div", { class: "sample-grid" }, samples.map((sample) => h("figure", { class: "sample" },
+        sampleMedia(file.id, sample.index, sample.content_type.startsWith("audio/"), sample.file),
+        h("figcaption", {}, h("span", { class: "sample-name", title: sample.file, text: sample.file }))))))));
   }
 
   // -- models -----------------------------------------------------------------------------------

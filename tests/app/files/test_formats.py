@@ -390,7 +390,14 @@ class ZipKind:
     def claims(self, path: Path, filename: str) -> bool:
         return filename.endswith(".zip")
 
-    def inspect(self, path: Path, filename: str, max_errors: int, min_examples: int) -> FileReport:
+    def inspect(
+        self,
+        path: Path,
+        filename: str,
+        max_errors: int,
+        min_examples: int,
+        settings: Any = None,
+    ) -> FileReport:
         return FileReport("archive", {"rows": 2}, [], True, None)
 
     def read(self, path: Path, filename: str) -> tuple[str, list[dict[str, Any]]]:

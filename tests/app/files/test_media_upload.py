@@ -78,3 +78,82 @@ def test_an_archive_refused_when_the_job_starts_fails_the_job(tmp_path: Path) ->
         check_files_again(store, "image-classification", [job_file])
     assert caught.value.code == "invalid_file" and caught.value.param == "training_file"
     assert "absolute path" in caught.value.message
+
+
+def test_a_lowered_archive_limit_refuses_an_archive_the_default_takes(
+    api: Api, tmp_path: Path, database_url: str, tiny_models: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    archive = folder_zip(tmp_path / "d.zip", digit_images(6, (4, 7)))
+    assert upload_text(api, "d.zip", archive.read_bytes())["status"] == "processed"
+    strict = Settings(
+        data_dir=tmp_path / "strict",
+        database_url=database_url,
+        models_dir=tiny_models,
+        archive_max_entries=5,
+    )
+    app = create_app(strict, reconciler=False)
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/files",
+            files={"file": ("d.zip", archive.read_bytes())},
+            data={"purpose": "fine-tune"},
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_archive"
+    assert "12 entries; at most 5 are allowed (TUNERY_ARCHIVE_MAX_ENTRIES)" in error["message"]
+
+
+def test_a_job_start_checks_a_validated_archive_without_decoding_it_again(
+    tmp_path: Path,
+) -> None:
+    """The upload decoded every picture; the job start only checks the stored size and the zip
+    directory. A picture that no longer decodes shows it was not decoded again; a changed size
+    sends the archive through the full check, and today's limits still apply."""
+    from app.failures import Failure
+    from app.jobs.service import JobFile, check_files_again
+    from app.settings import Settings
+    from app.storage import ArtifactStore
+
+    store = ArtifactStore(f"file://{tmp_path / 'store'}", tmp_path / "cache")
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for label, pictures in digit_images(3, (1, 2)).items():
+            for index, data in enumerate(pictures):
+                out.writestr(f"{label}/{index}.png", data)
+        out.writestr("2/broken.png", b"\x89PNG not really")
+    key = "files/file-1/d.zip"
+    size = store.write_stream(key, iter([archive.read_bytes()]))
+
+    def job_file(stored_bytes: int) -> JobFile:
+        return JobFile(
+            "training_file",
+            "file-1",
+            key,
+            "d.zip",
+            status="processed",
+            format="image-classification",
+            bytes=stored_bytes,
+        )
+
+    check_files_again(store, "image-classification", [job_file(size)])
+    with pytest.raises(Failure) as changed:
+        check_files_again(store, "image-classification", [job_file(size - 1)])
+    assert changed.value.code == "invalid_file"
+    assert "2/broken.png: unreadable or corrupt image" in changed.value.message
+    with pytest.raises(Failure) as stricter:
+        check_files_again(
+            store, "image-classification", [job_file(size)], settings=Settings(
+                data_dir=tmp_path, archive_max_entries=3
+            )
+        )  # fmt: skip
+    assert stricter.value.code == "invalid_file"
+    assert "at most 3 are allowed" in stricter.value.message
+    with pytest.raises(Failure) as wrong_task:
+        check_files_again(store, "audio-classification", [job_file(size)])
+    assert wrong_task.value.code == "invalid_file_format"

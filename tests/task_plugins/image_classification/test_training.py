@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 from peft import PeftModel
 from PIL import Image
-from transformers import AutoModelForImageClassification
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+from task_plugins.media.decode import load_image
 from task_plugins.media.training import MediaCollator, random_resized_crop, top_k_accuracy
 from tests.support.media import digit_images, folder_zip
 from tests.support.models import build_tiny_resnet, build_tiny_vit
@@ -124,3 +126,42 @@ def test_top_k_accuracy() -> None:
     scores = torch.tensor([[0.1, 0.5, 0.4], [0.8, 0.1, 0.1]]).numpy()
     assert top_k_accuracy(scores, torch.tensor([2, 2]).numpy(), 2) == 0.5
     assert top_k_accuracy(scores, torch.tensor([1, 0]).numpy(), 1) == 1.0
+
+
+def test_evaluations_name_the_misclassified_validation_pictures(
+    tmp_path: Path, tiny_resnet: Path
+) -> None:
+    # an all but untrained model (a tiny learning rate, one epoch) gets several wrong
+    spec = image_spec(
+        tmp_path, tiny_resnet, {"type": "full"}, n_epochs=1, learning_rate=1e-7,
+        augmentation=False,
+    )  # fmt: skip
+    events: list[dict[str, Any]] = []
+    result = train(spec, events.append)
+    assert result["type"] == "succeeded", events[-1]
+    metrics = result["metrics"]
+    wrong = metrics["misclassified"]
+    matrix = metrics["confusion_matrix"]
+    off_diagonal = sum(n for i, row in enumerate(matrix) for j, n in enumerate(row) if i != j)
+    assert off_diagonal > 0, matrix
+    assert len(wrong) == min(off_diagonal, 8)
+    evaluations = [e for e in events if e["type"] == "eval"]
+    assert evaluations[-1]["misclassified"] == wrong  # recorded as the evaluation's figure
+    assert [w["score"] for w in wrong] == sorted((w["score"] for w in wrong), reverse=True)
+    # each is a validation picture whose folder is its true label, and the exported model
+    # (the final one, which that evaluation ran on) truly predicts the other label for it
+    exported = Path(spec["output_dir"]) / "model"
+    model = AutoModelForImageClassification.from_pretrained(exported).eval()
+    processor = AutoImageProcessor.from_pretrained(exported)
+    archive = folder_zip(tmp_path / "again.zip", digit_images(8, range(3)))
+    with zipfile.ZipFile(archive) as opened, torch.no_grad():
+        names = [info.filename for info in opened.infolist()]
+        for item in wrong:
+            assert item["file"].split("/")[0] == item["label"] != item["predicted"]
+            assert names[item["index"]] == item["file"]  # the index the samples route serves
+            image = load_image(opened.read(item["file"]))
+            logits = model(**processor(images=[image], return_tensors="pt")).logits[0]
+            probability = torch.softmax(logits, -1)
+            assert model.config.id2label[int(probability.argmax())] == item["predicted"]
+            assert float(probability.max()) == pytest.approx(item["score"], abs=1e-3)
+            assert matrix[int(item["label"])][int(item["predicted"])] > 0

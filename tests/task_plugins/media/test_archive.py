@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import stat
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from app.settings import Settings
 from task_plugins.base import UploadRefused
 from task_plugins.media import archive
 from task_plugins.media.kind import AUDIO_ARCHIVE, IMAGE_ARCHIVE
@@ -30,7 +32,7 @@ def test_folder_layout_under_a_top_folder(tmp_path: Path, digits: dict[str, list
     assert report.stats["min_width"] == report.stats["max_height"] == 32
     fmt, rows = IMAGE_ARCHIVE.read(path, "d.zip")
     assert fmt == "image-classification"
-    assert rows[0] == {"archive": str(path), "file": "digits/0/0.png", "label": "0"}
+    assert rows[0] == {"archive": str(path), "file": "digits/0/0.png", "label": "0", "index": 0}
     assert len(rows) == 6
 
 
@@ -112,9 +114,9 @@ def test_audio_report(tmp_path: Path) -> None:
 # ---- hostile archives: each refused outright ----
 
 
-def _refused(path: Path) -> str:
+def _refused(path: Path, settings: Settings | None = None) -> str:
     with pytest.raises(UploadRefused) as caught:
-        IMAGE_ARCHIVE.inspect(path, path.name, 20, 1)
+        IMAGE_ARCHIVE.inspect(path, path.name, 20, 1, settings)
     return str(caught.value)
 
 
@@ -152,27 +154,50 @@ def test_a_bomb_by_ratio_is_refused(tmp_path: Path) -> None:
     assert "zip bomb" in _refused(path)
 
 
-def test_a_bomb_by_total_size_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", 1000)
+def test_a_bomb_by_total_size_is_refused(tmp_path: Path) -> None:
     path = _zip_with(tmp_path / "z.zip", zipfile.ZipInfo("a/2.png"), bytes(range(256)) * 8)
-    assert "unpacks to more than 1000 bytes" in _refused(path)
+    refused = _refused(path, Settings(archive_max_total_bytes=1000))
+    assert "unpacks to more than 1000 bytes" in refused
 
 
-def test_a_member_over_the_size_limit_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 100)
+def test_a_member_over_the_size_limit_is_refused(tmp_path: Path) -> None:
     path = _zip_with(tmp_path / "m.zip", zipfile.ZipInfo("a/2.png"), bytes(200))
-    assert "a file may be at most 100 bytes" in _refused(path)
+    refused = _refused(path, Settings(archive_max_member_bytes=100))
+    assert "a file may be at most 100 bytes" in refused
 
 
-def test_too_many_entries_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive, "MAX_ENTRIES", 10)
+def test_a_lowered_ratio_refuses_what_the_default_takes(tmp_path: Path) -> None:
+    info = zipfile.ZipInfo("a/big.bmp")
+    # 2 MiB of random bits, a byte each: deflates about 7x
+    data = random.Random(0).choices([b"\0", b"\1"], k=2 << 20)
+    path = _zip_with(tmp_path / "r.zip", info, b"".join(data), compress_type=zipfile.ZIP_DEFLATED)
+    IMAGE_ARCHIVE.inspect(path, path.name, 20, 1, Settings())  # the default takes it
+    assert "zip bomb" in _refused(path, Settings(archive_max_ratio=4))
+
+
+def test_too_many_entries_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "n.zip"
     with zipfile.ZipFile(path, "w") as out:
         for index in range(11):
             out.writestr(f"a/{index}.png", b"x")
-    assert "11 entries" in _refused(path)
+    assert "11 entries" in _refused(path, Settings(archive_max_entries=10))
+
+
+def test_the_limits_default_to_the_settings_defaults_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.settings import get_settings
+
+    get_settings.cache_clear()
+    assert archive.ArchiveLimits.from_env() == archive.ArchiveLimits(
+        200_000, 32 * 1024**3, 512 * 1024**2, 200.0
+    )
+    monkeypatch.setenv("TUNERY_ARCHIVE_MAX_ENTRIES", "7")
+    get_settings.cache_clear()
+    try:
+        assert archive.ArchiveLimits.from_env().max_entries == 7
+    finally:
+        get_settings.cache_clear()
 
 
 def test_not_a_zip_is_refused(tmp_path: Path) -> None:
