@@ -56,24 +56,24 @@ def sweep_body(file_id: str) -> dict[str, Any]:
 
 
 def test_a_pruned_trial_stops_at_the_evaluation_that_pruned_it(rig: Rig) -> None:  # noqa: F811
-    api = rig.api
-    file_id = str(upload_text(api, "train.jsonl", sentiment_jsonl(120))["id"])
-    sweep_id = create(api, sweep_body(file_id))["id"]
-    driver = SweepDriver(sessions(api), api.settings, api.enqueued.append)
+    service = rig.api
+    file_id = str(upload_text(service, "train.jsonl", sentiment_jsonl(120))["id"])
+    sweep_id = create(service, sweep_body(file_id))["id"]
+    driver = SweepDriver(sessions(service), service.settings, service.enqueued.append)
     for _ in range(2):  # the median pruner's warm-up: two trials with a perfect eval_loss
-        (trial,) = running_trials(get(api, sweep_id))
-        run_job(api, trial["job_id"])
-        evaluate(api, trial["job_id"], 4, 1.0)
-        evaluate(api, trial["job_id"], 8, 1.0)
-        succeed(api, trial["job_id"], 1.0)
+        (trial,) = running_trials(get(service, sweep_id))
+        run_job(service, trial["job_id"])
+        evaluate(service, trial["job_id"], 4, 1.0)
+        evaluate(service, trial["job_id"], 8, 1.0)
+        succeed(service, trial["job_id"], 1.0)
         driver.run_once()
-    (real,) = running_trials(get(api, sweep_id))
+    (real,) = running_trials(get(service, sweep_id))
     job_id = real["job_id"]
     assert rig.job(job_id)["hyperparameters"]["eval_steps"] == 4
 
     runner = JobRunner(
         rig.settings.model_copy(update={"sweep_verdict_seconds": 600.0}),
-        sessions(api),
+        sessions(service),
         rig.store,
     )
     driver.start()
@@ -86,7 +86,7 @@ def test_a_pruned_trial_stops_at_the_evaluation_that_pruned_it(rig: Rig) -> None
     assert job["status"] == "cancelled" and not trainer_pids(job_id)
     # it stopped at its first evaluation, the one the pruner judged: not a step further
     assert job["progress"]["step"] == 4, job["progress"]
-    trial = get(api, sweep_id)["trials"][2]
+    trial = get(service, sweep_id)["trials"][2]
     assert trial["state"] == "pruned", trial
     assert [step for step, _ in trial["intermediate_values"]] == [4]
     assert trial["steps"] == 4
