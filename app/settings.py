@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # how often the API's sweep driver reports evaluations to Optuna, prunes, tells finished
     # trials and starts new ones (app/sweeps/driver.py): a pruned trial stops within this
     sweep_every_seconds: float = Field(default=2.0, gt=0)
+    # how long a trial's trainer waits after each evaluation for the sweep to judge it (the
+    # driver looks for new evaluations every few tenths of a second): a trial pruned there
+    # stops at that step. The wait is bounded so a slow or stopped driver only slows trials
+    # down; 0 lets trainers train on while the driver judges (they stop a few steps later)
+    sweep_verdict_seconds: float = Field(default=10.0, ge=0)
     # where Optuna keeps its studies; empty: beside the service's own tables (SQLite: the
     # file tunery.optuna.db next to the database; Postgres: the schema `optuna`)
     sweep_storage_url: str = ""

@@ -57,6 +57,8 @@ class Sweep:
     best: float
     pruned: int
     complete: int
+    # steps the pruned trials trained past the evaluation that pruned them, in all
+    overrun: int = 0
 
 
 @contextmanager
@@ -208,6 +210,11 @@ def run_sweep(
     if sweep["status"] != "succeeded":
         raise BenchError(f"sweep {name} ended {sweep['status']}: {sweep.get('error')}")
     states = [t["state"] for t in sweep["trials"]]
+    overrun = sum(
+        int(t["steps"]) - int(t["intermediate_values"][-1][0])
+        for t in sweep["trials"]
+        if t["state"] == "pruned" and t["intermediate_values"]
+    )
     result = Sweep(
         name,
         wall,
@@ -215,10 +222,12 @@ def run_sweep(
         float(sweep["best_value"]),
         states.count("pruned"),
         states.count("complete"),
+        overrun,
     )
     print(
         f"{name}: {wall:.1f} s, {result.total_steps} steps, {result.complete} complete, "
-        f"{result.pruned} pruned, best accuracy {result.best:.4f}",
+        f"{result.pruned} pruned ({overrun} steps past their pruning evaluations), "
+        f"best accuracy {result.best:.4f}",
         flush=True,
     )
     return result

@@ -294,6 +294,9 @@ class TrainSpec(BaseModel):
     training_type: TrainingType = Field(default_factory=lambda: LoraType(type="lora"))
     # trainer processes (ranks); the supervisor decides
     processes: Annotated[int, Field(ge=1, le=1024, strict=True)] = 1
+    # a sweep trial's: after each evaluation (but the last) wait up to this many seconds for
+    # the supervisor to write the judged step to verdict.step (0: do not wait)
+    verdict_seconds: Annotated[float, Field(ge=0, le=3600)] = 0.0
 
     @field_validator("task")
     @classmethod

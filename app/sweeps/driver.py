@@ -1,6 +1,11 @@
 """The sweep driver: a thread of the API (beside the reconciler) that moves every running
 sweep on every TUNERY_SWEEP_EVERY_SECONDS (app/sweeps/service.py `advance`).
 
+Between those passes it looks every JUDGE_SECONDS for trials with evaluations not yet judged
+(one indexed query) and drives their sweeps at once: a trial's trainer waits for the verdict
+on each evaluation (worker/training/verdict.py), so a pruned trial stops at the evaluation
+that pruned it and a trial that goes on waits only a moment.
+
 Each sweep is held for its pass by a conditional UPDATE (SweepRow.driven_until), so the
 drivers of several API processes never ask Optuna for the same sweep's trials at once.
 """
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # a pass that takes longer than this (a crashed API) lets another driver take the sweep
 HOLD_SECONDS = 120.0
+# how often the driver looks for evaluations that trainers wait on
+JUDGE_SECONDS = 0.2
 
 
 class SweepDriver(threading.Thread):
@@ -73,13 +81,31 @@ class SweepDriver(threading.Thread):
                 log.warning("sweep %s: driver pass failed", sweep_id, exc_info=True)
         return started
 
+    def judge_waiting(self) -> list[str]:
+        """Drive the sweeps whose trials wait for a verdict; the jobs started meanwhile."""
+        with self.make_session() as session:
+            sweep_ids = repository.awaiting_judgement(session)
+        started: list[str] = []
+        for sweep_id in sweep_ids:
+            try:
+                started += self.drive(sweep_id)
+            except Exception:
+                log.warning("sweep %s: driver pass failed", sweep_id, exc_info=True)
+        return started
+
     def run(self) -> None:
+        every = self.settings.sweep_every_seconds
+        next_pass = 0.0
         while True:
             try:
-                self.run_once()
+                if time.monotonic() >= next_pass:
+                    next_pass = time.monotonic() + every
+                    self.run_once()
+                else:
+                    self.judge_waiting()
             except Exception:
                 log.warning("sweep driver pass failed", exc_info=True)
-            if self.stopped.wait(self.settings.sweep_every_seconds):
+            if self.stopped.wait(min(every, JUDGE_SECONDS)):
                 return
 
     def stop(self) -> None:

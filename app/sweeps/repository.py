@@ -128,3 +128,53 @@ def claim(session: Session, sweep_id: str, seconds: float) -> bool:
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def judged_by_pruner(session: Session, job_id: str) -> bool:
+    """Whether the job is a running trial of a running sweep whose pruner judges its
+    evaluations (its trainer then waits for each verdict)."""
+    found = session.execute(
+        select(SweepTrialRow.id)
+        .join(SweepRow, SweepRow.id == SweepTrialRow.sweep_id)
+        .where(
+            SweepTrialRow.job_id == job_id,
+            SweepTrialRow.state == "running",
+            SweepRow.status == "running",
+            SweepRow.pruner != "none",
+        )
+    ).first()
+    return found is not None
+
+
+def judged_step(session: Session, job_id: str) -> int | None:
+    """The last step of the job's evaluations its sweep has judged; None when nothing will
+    judge them any more (not a trial, or the trial or its sweep ended)."""
+    row = session.execute(
+        select(SweepTrialRow.reported_step)
+        .join(SweepRow, SweepRow.id == SweepTrialRow.sweep_id)
+        .where(
+            SweepTrialRow.job_id == job_id,
+            SweepTrialRow.state == "running",
+            SweepRow.status == "running",
+        )
+    ).first()
+    return None if row is None else int(row[0])
+
+
+def awaiting_judgement(session: Session) -> list[str]:
+    """Running sweeps with a pruner whose running trials have evaluations not yet judged:
+    their trainers wait for the driver."""
+    query = (
+        select(SweepTrialRow.sweep_id)
+        .join(SweepRow, SweepRow.id == SweepTrialRow.sweep_id)
+        .join(JobMetricRow, JobMetricRow.job_id == SweepTrialRow.job_id)
+        .where(
+            SweepRow.status == "running",
+            SweepRow.pruner != "none",
+            SweepTrialRow.state == "running",
+            JobMetricRow.kind == "eval",
+            JobMetricRow.step > SweepTrialRow.reported_step,
+        )
+        .distinct()
+    )
+    return sorted(session.scalars(query))

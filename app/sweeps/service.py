@@ -30,11 +30,14 @@ from app.models.registry import resolve_base_model
 from app.settings import Settings
 from app.sweeps import repository, space, study
 from app.sweeps.schemas import SweepCreate
-from app.tables import JobRow, SweepRow, SweepTrialRow
+from app.tables import FileRow, JobRow, SweepRow, SweepTrialRow
 
 log = logging.getLogger(__name__)
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+# how often a trial evaluates for the pruner when its job leaves it to the epoch ends
+PRUNING_EVALUATIONS_PER_EPOCH = 2
+PRUNING_EVALUATIONS = 6
 
 
 def _storage_url(settings: Settings) -> str:
@@ -399,6 +402,7 @@ def _start_trial(
         )
         return trial
     trial.job_id = job.id
+    _evaluate_often(session, row, job)
     session.add(trial)
     repository.add_event(
         session,
@@ -407,6 +411,43 @@ def _start_trial(
         data={"trial": asked.number, "job_id": job.id, "params": params},
     )
     return trial
+
+
+def _evaluate_often(session: Session, row: SweepRow, job: JobRow) -> None:
+    """With a pruner, a trial whose job evaluates only at epoch ends gives it little to judge
+    (nothing at all in one epoch): such a trial evaluates PRUNING_EVALUATIONS_PER_EPOCH times
+    an epoch, and at least PRUNING_EVALUATIONS times in all. A job that sets eval_steps
+    (a number, or "epoch") keeps it."""
+    asked = row.base_job.get("method", {}).get("supervised", {}).get("hyperparameters", {})
+    searched = any(path.endswith(".eval_steps") for path in row.search_space)
+    if row.pruner == "none" or "eval_steps" in asked or searched:
+        return
+    hyper = dict(job.hyperparameters)
+    train = session.get(FileRow, job.training_file)
+    rows = int((train.stats if train is not None else {}).get("rows", 0))
+    if job.validation_file is None:
+        rows = round(rows * (1 - float(hyper.get("validation_split") or 0.0)))
+    batch = int(hyper.get("batch_size") or 1) * int(hyper.get("gradient_accumulation_steps") or 1)
+    per_epoch = max(1, -(-rows // batch))
+    total = per_epoch * int(hyper.get("n_epochs") or 1)
+    every = max(1, min(per_epoch // PRUNING_EVALUATIONS_PER_EPOCH, total // PRUNING_EVALUATIONS))
+    if every >= per_epoch:
+        return  # as often as the epochs already
+    hyper["eval_steps"] = every
+    job.hyperparameters = hyper
+    method = dict(job.method or {})
+    kind = str(method.get("type", "supervised"))
+    shown = dict(method.get(kind, {}).get("hyperparameters", {}))
+    method[kind] = {**method.get(kind, {}), "hyperparameters": {**shown, "eval_steps": every}}
+    job.method = method
+    from app.jobs import repository as job_events
+
+    job_events.add_event(
+        session,
+        job.id,
+        f"Evaluates every {every} steps (not only at epoch ends) so that sweep {row.id}'s "
+        f"{row.pruner} pruner can judge it; set eval_steps in the sweep's job to choose.",
+    )
 
 
 def _finish(session: Session, row: SweepRow, trials: list[SweepTrialRow]) -> None:

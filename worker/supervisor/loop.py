@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,16 +15,53 @@ from app.db import database_unavailable
 from app.jobs.spec import dump_spec
 from app.settings import Settings
 from app.storage import ArtifactStore
+from app.sweeps import repository as sweeps_repo
 from worker.supervisor.devices import oom_kills
 from worker.supervisor.lease import DATABASE_PATIENCE_SECONDS, POLL_SECONDS, LeaseLost
 from worker.supervisor.prepare import Attempt
 from worker.supervisor.relay import EventRelay, record_uploads, relay
 from worker.supervisor.transfer import CheckpointUploads
-from worker.training.events import TrainerEvent
+from worker.training.events import Eval, TrainerEvent
 from worker.training.launch import TrainerGroup, launch
-from worker.training.layout import PAUSE_FILENAME
+from worker.training.layout import PAUSE_FILENAME, VERDICT_FILENAME
 
 log = logging.getLogger(__name__)
+
+
+# how often the supervisor of a trainer waiting for a verdict looks for it
+VERDICT_POLL_SECONDS = 0.1
+
+
+class Verdicts:
+    """A sweep trial's verdicts, relayed to its trainer (worker/training/verdict.py): once
+    the sweep has judged the evaluation the trainer waits on, the judged step is written to
+    verdict.step and the trainer goes on. A pruned trial's job is cancelled in the same
+    commit, and the loop stops the trainer instead."""
+
+    def __init__(self, job_id: str, work: Path) -> None:
+        self.job_id = job_id
+        self.path = work / VERDICT_FILENAME
+        # the step of the evaluation the trainer waits on (None: it does not wait)
+        self.awaiting: int | None = None
+
+    def evaluated(self, events: list[TrainerEvent]) -> None:
+        for event in events:
+            if isinstance(event, Eval):
+                self.awaiting = max(self.awaiting or 0, event.step)
+
+    def judge(self, session: Session) -> None:
+        if self.awaiting is None:
+            return
+        judged = sweeps_repo.judged_step(session, self.job_id)
+        # None: nothing judges the trial any more (its sweep ended): let it go on
+        if judged is None or judged >= self.awaiting:
+            self.release(max(judged or 0, self.awaiting))
+
+    def release(self, step: int) -> None:
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(str(step), encoding="ascii")
+        os.replace(partial, self.path)
+        self.awaiting = None
 
 
 @dataclass
@@ -66,10 +104,14 @@ def supervise(
     # events read from the trainer but not yet committed (the database may be away)
     backlog: list[TrainerEvent] = []
     outage: float | None = None
+    verdicts = Verdicts(attempt.job_id, attempt.work) if attempt.spec.verdict_seconds > 0 else None
     try:
         while True:
             returncode = group.poll()
-            backlog.extend(tail.read_new())
+            new_events = tail.read_new()
+            backlog.extend(new_events)
+            if verdicts is not None:
+                verdicts.evaluated(new_events)
             try:
                 with make_session() as session:
                     row = lease.owned(session)
@@ -81,6 +123,8 @@ def supervise(
                             raise LeaseLost(attempt.job_id)
                         next_heartbeat = time.monotonic() + settings.heartbeat_seconds
                     cancel = bool(row.cancel_requested)
+                    if verdicts is not None and not cancel:
+                        verdicts.judge(session)
                     if row.status == "pausing" and returncode is None:
                         (attempt.work / PAUSE_FILENAME).touch()
                     session.commit()
@@ -115,7 +159,9 @@ def supervise(
                 continue
             if (returncode is not None or cancelled) and uploads.idle:
                 break
-            time.sleep(POLL_SECONDS)
+            # a trainer waiting for its verdict is waited on closely
+            waiting = verdicts is not None and verdicts.awaiting is not None
+            time.sleep(VERDICT_POLL_SECONDS if waiting else POLL_SECONDS)
     except BaseException:
         group.terminate()
         raise

@@ -23,6 +23,7 @@ from app.model_safety import UnsafeModel, check_model_folder
 from app.models.registry import resolve_base_model
 from app.settings import Settings
 from app.storage import ArtifactStore
+from app.sweeps import repository as sweeps_repo
 from app.tables import JobCheckpointRow, JobRow
 from worker.supervisor.devices import cuda_device_count, trainer_processes
 from worker.supervisor.lease import Lease
@@ -85,6 +86,8 @@ def prepare(
     base_dir, processes = _check_worker(settings, row, lease.owner)
     with make_session() as session:
         sources = _sources(session, row)
+        # a sweep trial's trainer waits for the pruner's verdict on each evaluation
+        judged = sweeps_repo.judged_by_pruner(session, row.id)
     work = settings.work_dir / row.id / f"attempt-{lease.number}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -100,6 +103,7 @@ def prepare(
         "training_type": dict(row.training_type),
         "processes": processes,
         "validation_file": None,
+        "verdict_seconds": settings.sweep_verdict_seconds if judged else 0.0,
     }
     for file in sources.files:
         key = "train_file" if file.param == "training_file" else "validation_file"

@@ -4,6 +4,8 @@ output_dir/
   spec.json            the spec (written by the supervisor)
   events.jsonl         one event per line (docs/internals.md)
   pause.request        created by the supervisor: save a checkpoint at the next step, exit
+  verdict.step         written by the supervisor of a sweep trial: the last step whose
+                       evaluation the sweep judged (the trainer waits for it)
   checkpoints/checkpoint-STEP/   the Trainer's own checkpoints (latest and best are kept)
   outbox/step-STEP/    a finished checkpoint handed to the supervisor (hard links), which
                        uploads it and removes the folder
@@ -20,6 +22,7 @@ OUTBOX_DIRNAME = "outbox"
 MODEL_DIRNAME = "model"
 MANIFEST = "tunery.json"
 PAUSE_FILENAME = "pause.request"
+VERDICT_FILENAME = "verdict.step"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 # What a Trainer checkpoint holds besides the model: torch pickles written by our own trainer

@@ -42,6 +42,7 @@ from worker.training.launch import die_with_parent
 from worker.training.layout import (
     CHECKPOINTS_DIRNAME,
     PAUSE_FILENAME,
+    VERDICT_FILENAME,
     checkpoint_dirname,
     checkpoint_steps,
 )
@@ -55,6 +56,7 @@ from worker.training.recipes import (
     read_init_manifest,
 )
 from worker.training.schedule import PauseSignal, TrainingSchedule
+from worker.training.verdict import AwaitVerdict, VerdictFile
 
 # Effectively unlimited tokenizer.model_max_length values mean "no limit was configured".
 _NO_LIMIT = 1_000_000
@@ -209,6 +211,10 @@ def _train(spec: TrainSpec, events: EventLog, ranks: Ranks) -> dict[str, Any]:
     trainer.add_callback(EventCallback(events, spec.task, started))
     warn_if_selection_is_noisy(hp, len(validation_set.features), events.message)
     trainer.add_callback(schedule)
+    if spec.verdict_seconds > 0:
+        # after the eval event is written (EventCallback comes first)
+        verdict = VerdictFile(spec.output_dir / VERDICT_FILENAME)
+        trainer.add_callback(AwaitVerdict(verdict, spec.verdict_seconds))
     trainer.add_callback(CheckpointHandoff(spec, splits.labels, schedule, events, ranks.is_main))
     if isinstance(collator, TrainerCallback):
         # a collator that follows the training (the step its augmentation is seeded by)

@@ -23,7 +23,7 @@ from app.jobs.reconciler import reconcile
 from app.sweeps import study
 from app.sweeps.driver import SweepDriver
 from app.tables import JobRow
-from tests.app.conftest import Api, app_of, upload_text
+from tests.app.conftest import Api, app_of
 
 CLASSIFY = "".join(json.dumps({"text": f"t{i}", "label": "ab"[i % 2]}) + "\n" for i in range(20))
 LR = "method.supervised.hyperparameters.learning_rate"
@@ -37,11 +37,6 @@ def sessions(api: Api) -> sessionmaker[Session]:
 
 def driver(api: Api) -> SweepDriver:
     return SweepDriver(sessions(api), api.settings, api.enqueued.append)
-
-
-@pytest.fixture
-def file_id(api: Api) -> str:
-    return str(upload_text(api, "train.jsonl", CLASSIFY)["id"])
 
 
 def body(file_id: str, **overrides: Any) -> dict[str, Any]:
