@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import cast
 
@@ -117,6 +118,40 @@ def database_url(backend: backends.Backend, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'tunery.db'}"
     else:
         with backends.fresh_postgres_database() as url:
+            yield url
+
+
+class SchemaTemplates:
+    """One migrated database per backend for this pytest process, built on first use."""
+
+    def __init__(self, folder: Path, exits: ExitStack) -> None:
+        self.folder, self.exits = folder, exits
+        self.urls: dict[str, str] = {}
+
+    def url(self, backend: str) -> str:
+        if backend not in self.urls:
+            template = backends.migrated_template(backend, self.folder)
+            self.urls[backend] = self.exits.enter_context(template)
+        return self.urls[backend]
+
+
+@pytest.fixture(scope="session")
+def schema_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchemaTemplates]:
+    with ExitStack() as exits:
+        yield SchemaTemplates(tmp_path_factory.mktemp("schema"), exits)
+
+
+@pytest.fixture
+def migrated_database_url(
+    backend: backends.Backend, tmp_path: Path, schema_templates: SchemaTemplates
+) -> Iterator[str]:
+    """`database_url` with the schema in it: a copy of a database that alembic migrated once
+    in this session (`database_url` stays empty, for the tests of the migrations)."""
+    template = schema_templates.url(backend.name)
+    if backend.name == "sqlite":
+        yield backends.copy_sqlite_database(template, tmp_path / "tunery.db")
+    else:
+        with backends.fresh_postgres_database(template=template) as url:
             yield url
 
 
