@@ -15,7 +15,6 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 
 
@@ -32,15 +31,14 @@ class Api:
 
 
 @pytest.fixture
-def api(database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[Api]:
+def api(migrated_database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[Api]:
     settings = Settings(
         data_dir=tmp_path / "data",
-        database_url=database_url,
+        database_url=migrated_database_url,
         models_dir=tiny_models,
         inference_url="http://127.0.0.1:9",  # nothing listens: predict must answer 503
         max_upload_bytes=64 * 1024,
     )
-    upgrade(settings.database_url)
     app = create_app(settings, reconciler=False)
     recorded: list[str] = []
     app.state.enqueue = recorded.append

@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text, update
 
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import DeploymentRow
@@ -37,14 +36,13 @@ class Guarded:
 
 
 @pytest.fixture
-def guarded(database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[Guarded]:
+def guarded(migrated_database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[Guarded]:
     settings = Settings(
         data_dir=tmp_path / "data",
-        database_url=database_url,
+        database_url=migrated_database_url,
         models_dir=tiny_models,
         usage_flush_seconds=3600,  # the flusher's own short transaction is not a request's
     )
-    upgrade(settings.database_url)
     app = create_app(settings, reconciler=False)
     watch = TransactionWatch(engine_of(app))
     fake = FakeInference(watch)

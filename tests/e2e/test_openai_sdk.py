@@ -64,7 +64,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Itera
         deadline = time.monotonic() + 120
         while httpx.get(f"{server.base_url}/readyz").json()["checks"]["inference"] != "ok":
             assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.5)
+            time.sleep(0.2)
         yield Served(server, key)
 
 
@@ -72,7 +72,7 @@ def wait_for_job(client: OpenAI, job_id: str, statuses: set[str], timeout: float
     deadline = time.monotonic() + timeout
     while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in statuses:
         assert time.monotonic() < deadline, f"{job_id} still {job.status}"
-        time.sleep(0.5)
+        time.sleep(0.2)
     return job
 
 

@@ -60,7 +60,7 @@ def wait_for_job(client: OpenAI, job_id: str, timeout: float = 300) -> Any:
     deadline = time.monotonic() + timeout
     while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in FINISHED:
         assert time.monotonic() < deadline, f"{job_id} still {job.status}"
-        time.sleep(0.5)
+        time.sleep(0.2)
     return job
 
 

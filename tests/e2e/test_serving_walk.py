@@ -31,11 +31,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LABELS = ["negative", "positive"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(
-    backend: backends.Backend, tmp_path: Path, tiny_models: Path
+    module_backend: backends.Backend,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_models: Path,
 ) -> Iterator[live.LiveServer]:
-    with live.for_backend(backend, tmp_path / "data", tiny_models) as srv:
+    """One live server per backend for the module's walks (each uploads and trains its own)."""
+    data_dir = tmp_path_factory.mktemp(f"walk-{module_backend.name}") / "data"
+    with live.for_backend(module_backend, data_dir, tiny_models) as srv:
         yield srv
 
 
@@ -262,7 +266,7 @@ def _survives_the_inference_server_dying(
         if response.status_code == 200 or time.monotonic() > deadline:
             break
         assert response.status_code == 503, response.text
-        time.sleep(1)
+        time.sleep(0.2)
     assert response.status_code == 200, (response.text, server.log_tail())
     assert response.json()["predictions"] == [expected]
 

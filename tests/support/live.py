@@ -103,7 +103,7 @@ class LiveServer:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.3)
+            time.sleep(0.1)
         raise TimeoutError(f"{url} not up after {timeout}s\n{self.log_tail()}")
 
 
@@ -165,21 +165,31 @@ def distributed(
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     server = LiveServer(f"http://127.0.0.1:{api_port}", data_dir, env)
-    subprocess.run(
-        [sys.executable, "-m", "app.cli", "db", "upgrade"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    # the inference server needs no database: it loads torch while the schema is built
+    server.start("inference", ["inference", "--port", str(inference_port)])
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "db", "upgrade"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    except BaseException:
+        server.stop_all()
+        raise
     server.start("api", ["api", "--port", str(api_port)])
     server.start("worker", ["worker", "--loglevel", "INFO"])
-    server.start("inference", ["inference", "--port", str(inference_port)])
     try:
         server.wait_ready(f"{server.base_url}/healthz")
         server.wait_ready(f"http://127.0.0.1:{inference_port}/healthz")
         yield server
     finally:
         server.stop_all()
+
+
+# how often a test asks a live server whether something is done: each poll is one cheap GET,
+# and every half second a walk waits past the end adds up over the suite's many waits
+POLL_SECONDS = 0.2
 
 
 def wait_for(
@@ -191,7 +201,7 @@ def wait_for(
         body = client.get(path).json()
         if body.get(key) in done:
             return body
-        time.sleep(0.5)
+        time.sleep(POLL_SECONDS)
     raise TimeoutError(f"{path} still {body.get(key)!r} after {timeout}s: {body}")
 
 

@@ -22,7 +22,6 @@ from fastapi.testclient import TestClient
 
 from app.ids import new_id
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import FineTunedModelRow, JobRow
@@ -109,18 +108,17 @@ def inference_process(
 
 @pytest.fixture
 def serving(
-    database_url: str, tiny_models: Path, inference_process: InferenceProcess
+    migrated_database_url: str, tiny_models: Path, inference_process: InferenceProcess
 ) -> Iterator[Serving]:
     inference = inference_process
     if inference.proc is None or inference.proc.poll() is not None:
         inference.start()
     settings = Settings(
         data_dir=Path(inference.env["TUNERY_DATA_DIR"]),
-        database_url=database_url,
+        database_url=migrated_database_url,
         models_dir=tiny_models,
         inference_url=inference.url,
     )
-    upgrade(settings.database_url)
     store = ArtifactStore(settings.storage_url, settings.cache_dir)
     app = create_app(settings, reconciler=False)
     app.state.enqueue = lambda job_id: None

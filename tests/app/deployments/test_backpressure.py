@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient
 
 from app.inference_client import refusal
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from tests.app.inference_fake import FakeInference, TransactionWatch, engine_of
 from tests.app.openai_compat.sdk import serve_in_thread
@@ -35,13 +34,12 @@ def make_api(database_url: str, tmp_path: Path, tiny_models: Path, **settings: A
         usage_flush_seconds=3600,
         **settings,
     )
-    upgrade(config.database_url)
     return create_app(config, reconciler=False)
 
 
 @pytest.fixture
-def limited(database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[TestClient]:
-    app = make_api(database_url, tmp_path, tiny_models, serving_max_concurrency=LIMIT)
+def limited(migrated_database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[TestClient]:
+    app = make_api(migrated_database_url, tmp_path, tiny_models, serving_max_concurrency=LIMIT)
     app.state.inference = FakeInference(TransactionWatch(engine_of(app)))
     with TestClient(app) as client:
         yield client
@@ -106,9 +104,9 @@ def test_requests_past_the_limit_are_refused_at_once_and_slots_come_back(
 
 @pytest.mark.parametrize("path", ["deployment", "/v1/chat/completions"])
 def test_a_client_gone_mid_stream_frees_its_slot_and_stops_the_generation(
-    database_url: str, tmp_path: Path, tiny_models: Path, path: str
+    migrated_database_url: str, tmp_path: Path, tiny_models: Path, path: str
 ) -> None:
-    app = make_api(database_url, tmp_path, tiny_models)
+    app = make_api(migrated_database_url, tmp_path, tiny_models)
     fake = FakeInference(TransactionWatch(engine_of(app)))
     app.state.inference = fake
     limits = app.state.serving.limits
@@ -158,10 +156,10 @@ def overloaded_inference(status: int, retry_after: str | None) -> FastAPI:
 
 @pytest.mark.parametrize(("status", "retry_after"), [(503, "3"), (429, "2")])
 def test_the_inference_servers_overload_answer_reaches_the_client(
-    database_url: str, tmp_path: Path, tiny_models: Path, status: int, retry_after: str
+    migrated_database_url: str, tmp_path: Path, tiny_models: Path, status: int, retry_after: str
 ) -> None:
     with serve_in_thread(overloaded_inference(status, retry_after)) as url:
-        app = make_api(database_url, tmp_path, tiny_models, inference_url=url)
+        app = make_api(migrated_database_url, tmp_path, tiny_models, inference_url=url)
         with TestClient(app) as client:
             dep_id = deploy(client, "tiny-llama")
             path = f"/v1/deployments/{dep_id}/predict"

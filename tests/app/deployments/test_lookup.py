@@ -67,9 +67,9 @@ def test_what_is_forgotten_during_a_load_is_not_put_back() -> None:
 
 
 def test_a_deployment_deleted_here_stops_answering_at_once(
-    database_url: str, tmp_path: Path, tiny_models: Path
+    migrated_database_url: str, tmp_path: Path, tiny_models: Path
 ) -> None:
-    app = make_api(database_url, tmp_path, tiny_models, serving_cache_seconds=3600)
+    app = make_api(migrated_database_url, tmp_path, tiny_models, serving_cache_seconds=3600)
     app.state.inference = FakeInference(TransactionWatch(engine_of(app)))
     with TestClient(app) as client:
         dep_id = deploy(client, "tiny-bert")
@@ -81,9 +81,9 @@ def test_a_deployment_deleted_here_stops_answering_at_once(
 
 
 def test_without_a_cache_a_change_by_another_process_is_seen_at_once(
-    database_url: str, tmp_path: Path, tiny_models: Path
+    migrated_database_url: str, tmp_path: Path, tiny_models: Path
 ) -> None:
-    app = make_api(database_url, tmp_path, tiny_models, serving_cache_seconds=0)
+    app = make_api(migrated_database_url, tmp_path, tiny_models, serving_cache_seconds=0)
     app.state.inference = FakeInference(TransactionWatch(engine_of(app)))
     with TestClient(app) as client:
         dep_id = deploy(client, "tiny-bert")

@@ -10,7 +10,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from app.storage import ArtifactStore
 from tests.app.deployments.conftest import register_tuned
@@ -28,15 +27,14 @@ class Evals:
 
 
 @pytest.fixture
-def evals(database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[Evals]:
+def evals(migrated_database_url: str, tmp_path: Path, tiny_models: Path) -> Iterator[Evals]:
     settings = Settings(
         data_dir=tmp_path / "data",
-        database_url=database_url,
+        database_url=migrated_database_url,
         models_dir=tiny_models,
         inference_url="http://127.0.0.1:9",  # evaluation never needs the inference server
         heartbeat_seconds=0.5,
     )
-    upgrade(settings.database_url)
     app = create_app(settings, reconciler=False)
     enqueued: list[str] = []
     app.state.enqueue_evaluation = enqueued.append

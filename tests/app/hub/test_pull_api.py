@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient
 from app.auth import create_key
 from app.db import session_scope
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from tests.app.conftest import Api, upload_text
 from tests.app.hub.conftest import BERT, CUSTOM_CODE, LLAMA, PICKLE_ONLY
@@ -25,15 +24,14 @@ from tests.support.hub_server import FakeHub, folder_files
 PROMPTS = "".join(json.dumps({"prompt": f"p{i}", "completion": f" c{i}"}) + "\n" for i in range(10))
 
 
-def _api(database_url: str, tmp_path: Path, **settings: Any) -> Iterator[Api]:
+def _api(migrated_database_url: str, tmp_path: Path, **settings: Any) -> Iterator[Api]:
     config = Settings(
         data_dir=tmp_path / "data",
-        database_url=database_url,
+        database_url=migrated_database_url,
         models_dir=tmp_path / "models",
         inference_url="http://127.0.0.1:9",
         **settings,
     )
-    upgrade(config.database_url)
     app = create_app(config, reconciler=False)
     recorded: list[str] = []
     app.state.enqueue = recorded.append
@@ -42,13 +40,13 @@ def _api(database_url: str, tmp_path: Path, **settings: Any) -> Iterator[Api]:
 
 
 @pytest.fixture
-def hub_api(database_url: str, tmp_path: Path, hub: FakeHub) -> Iterator[Api]:
-    yield from _api(database_url, tmp_path)
+def hub_api(migrated_database_url: str, tmp_path: Path, hub: FakeHub) -> Iterator[Api]:
+    yield from _api(migrated_database_url, tmp_path)
 
 
 @pytest.fixture
-def auto_api(database_url: str, tmp_path: Path, hub: FakeHub) -> Iterator[Api]:
-    yield from _api(database_url, tmp_path, hub_auto_pull=True)
+def auto_api(migrated_database_url: str, tmp_path: Path, hub: FakeHub) -> Iterator[Api]:
+    yield from _api(migrated_database_url, tmp_path, hub_auto_pull=True)
 
 
 def pulled(api: Api, model: str, revision: str = "main") -> dict[str, Any]:
