@@ -20,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # of the suite; these run first, then every other file with a `slow` test, then the rest.
 LONGEST_FIRST = (
     "tests/bench/test_gpu_check.py",
+    "tests/faults/test_broker_faults.py",
     "tests/e2e/test_serving_walk.py",
     "tests/e2e/test_walk.py",
     "tests/e2e/test_training_faults.py",
@@ -28,6 +29,7 @@ LONGEST_FIRST = (
     "tests/e2e/test_media_faults.py",
     "tests/e2e/test_openai_sdk.py",
     "tests/e2e/test_cli_walk.py",
+    "tests/faults/test_database_faults.py",
 )
 
 
