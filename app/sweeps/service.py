@@ -495,6 +495,10 @@ def advance(session: Session, settings: Settings, row: SweepRow) -> list[str]:
     for trial in trials:
         if trial.state == "running":
             _follow(session, row, optuna_study, trial)
+            # pruned or cancelled in this very pass: its job has yet to stop
+            job = session.get(JobRow, trial.job_id) if trial.job_id else None
+            if trial.state != "running" and job is not None:
+                stopping += 0 if job.status in job_state.TERMINAL else 1
         elif trial.job_id and trial.state in ("pruned", "cancelled"):
             stopping += _stopping(session, trial)
     started: list[str] = []
