@@ -93,6 +93,12 @@ class FileKind(Protocol):
         """(format, examples) for training; raises app.files.formats.DatasetError."""
         ...
 
+    def recheck(self, path: Path, settings: Any = None) -> None:
+        """A stored copy of an upload that `inspect` passed, checked again as a job starts:
+        what today's rules refuse without reading every example (a zip's hostile entries);
+        raises UploadRefused."""
+        ...
+
 
 @dataclass(frozen=True)
 class MetricSpec:

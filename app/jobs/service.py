@@ -17,7 +17,7 @@ import task_plugins
 from app.auth import quota_exceeded
 from app.failures import APIError, Failure, not_found
 from app.files import repository as files_repo
-from app.files.formats import inspect_file
+from app.files.formats import file_kind_named, inspect_file
 from app.ids import new_id
 from app.jobs import repository, state
 from app.jobs.hyperparameters import DEFAULT_VALIDATION_SPLIT, resolve_hyperparameters
@@ -41,8 +41,6 @@ from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import FileRow, JobCheckpointRow, JobRow
 from task_plugins.base import UploadRefused
-from task_plugins.media import archive
-from task_plugins.media.archive import ArchiveLimits
 
 # the jobs TUNERY_QUOTA_CONCURRENT_JOBS counts: every one that has not finished
 QUOTA_STATUSES = tuple(sorted(state.ACTIVE))
@@ -433,13 +431,10 @@ class JobFile:
     storage_key: str
     filename: str
     # what the upload's validation found (the file row): an archive validated in full at
-    # upload is not decoded again at job start, only checked for size and hostile entries
+    # upload is not decoded again at job start, only its size and its kind's recheck
     status: str | None = None
     format: str | None = None
     bytes: int | None = None
-
-    def validated_archive(self) -> bool:
-        return self.status == "processed" and self.format in archive.FORMATS.values()
 
 
 def job_files(session: Session, row: JobRow) -> list[JobFile]:
@@ -495,9 +490,9 @@ def check_files_again(
         what = f"{file.param} {file.file_id} ({file.filename})"
         try:
             path = store.local_file(file.storage_key)
-            if file.validated_archive() and path.stat().st_size == file.bytes:
-                limits = ArchiveLimits.of(settings) if settings else ArchiveLimits.from_env()
-                archive.open_archive(path, limits).close()
+            kind = file_kind_named(file.format) if file.status == "processed" else None
+            if kind is not None and path.stat().st_size == file.bytes:
+                kind.recheck(path, settings)
                 _check_format(plugin, method, task, file.format, what, file.param)
                 continue
             report = inspect_file(path, file.filename, settings=settings)

@@ -70,6 +70,10 @@ class MediaArchive:
             details,
         )
 
+    def recheck(self, path: Path, settings: Settings | None = None) -> None:
+        limits = ArchiveLimits.of(settings) if settings is not None else None
+        archive.open_archive(path, limits).close()
+
     def read(self, path: Path, filename: str) -> tuple[str, list[Row]]:
         from app.files.formats import DatasetError
 

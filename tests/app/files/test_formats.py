@@ -403,6 +403,9 @@ class ZipKind:
     def read(self, path: Path, filename: str) -> tuple[str, list[dict[str, Any]]]:
         return "archive", [{"file": "a.png"}, {"file": "b.png"}]
 
+    def recheck(self, path: Path, settings: Any = None) -> None:
+        return None
+
 
 def test_a_task_file_kind_reads_its_own_uploads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -81,7 +81,7 @@ def test_an_archive_refused_when_the_job_starts_fails_the_job(tmp_path: Path) ->
 
 
 def test_a_lowered_archive_limit_refuses_an_archive_the_default_takes(
-    api: Api, tmp_path: Path, database_url: str, tiny_models: Path
+    api: Api, tmp_path: Path, tiny_models: Path
 ) -> None:
     from fastapi.testclient import TestClient
 
@@ -92,7 +92,7 @@ def test_a_lowered_archive_limit_refuses_an_archive_the_default_takes(
     assert upload_text(api, "d.zip", archive.read_bytes())["status"] == "processed"
     strict = Settings(
         data_dir=tmp_path / "strict",
-        database_url=database_url,
+        database_url=api.settings.database_url,  # the same database, already migrated
         models_dir=tiny_models,
         archive_max_entries=5,
     )
