@@ -33,7 +33,7 @@ from worker.training.layout import (
     is_trainer_state,
     outbox_dirname,
 )
-from worker.training.metrics import eval_fields
+from worker.training.metrics import eval_fields, manifest_metrics
 from worker.training.schedule import TrainingSchedule
 
 
@@ -144,7 +144,7 @@ class CheckpointHandoff(TrainerCallback):
             folder,
             {
                 **self.fields,
-                "metrics": eval_at(state.log_history, step, self.spec.task),
+                "metrics": manifest_metrics(eval_at(state.log_history, step, self.spec.task)),
                 "best_step": step,
                 "step": step,
             },

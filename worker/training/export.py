@@ -13,6 +13,7 @@ from typing import Any
 from app.jobs.spec import ResultReason, TrainSpec
 from worker.training.checkpoints import copy_model_files, manifest_fields, write_manifest
 from worker.training.layout import MODEL_DIRNAME
+from worker.training.metrics import manifest_metrics
 
 
 def export_model(
@@ -33,7 +34,7 @@ def export_model(
         target,
         {
             **manifest_fields(spec, labels),
-            "metrics": metrics,
+            "metrics": manifest_metrics(metrics),
             "best_step": best_step,
             "step": result_step,
             "result_reason": result_reason,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,10 @@ def test_evaluations_name_the_misclassified_validation_pictures(
     # each is a validation picture whose folder is its true label, and the exported model
     # (the final one, which that evaluation ran on) truly predicts the other label for it
     exported = Path(spec["output_dir"]) / "model"
+    # the file names stay out of what travels with the model; the figures do not
+    manifest = json.loads((exported / "tunery.json").read_text())
+    assert "misclassified" not in manifest["metrics"]
+    assert manifest["metrics"]["confusion_matrix"] == matrix
     model = AutoModelForImageClassification.from_pretrained(exported).eval()
     processor = AutoImageProcessor.from_pretrained(exported)
     archive = folder_zip(tmp_path / "again.zip", digit_images(8, range(3)))
