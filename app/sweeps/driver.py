@@ -71,20 +71,15 @@ class SweepDriver(threading.Thread):
         return started
 
     def run_once(self) -> list[str]:
-        with self.make_session() as session:
-            sweep_ids = repository.to_drive(session)
-        started: list[str] = []
-        for sweep_id in sweep_ids:
-            try:
-                started += self.drive(sweep_id)
-            except Exception:
-                log.warning("sweep %s: driver pass failed", sweep_id, exc_info=True)
-        return started
+        return self._drive_all(repository.to_drive)
 
     def judge_waiting(self) -> list[str]:
         """Drive the sweeps whose trials wait for a verdict; the jobs started meanwhile."""
+        return self._drive_all(repository.awaiting_judgement)
+
+    def _drive_all(self, which: Callable[[Session], list[str]]) -> list[str]:
         with self.make_session() as session:
-            sweep_ids = repository.awaiting_judgement(session)
+            sweep_ids = which(session)
         started: list[str] = []
         for sweep_id in sweep_ids:
             try:
