@@ -158,6 +158,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_for_data_plane(url: str, timeout: float = 300.0) -> None:
+    """Until the inference server answers (GET /readyz): `tunery serve` starts it and the
+    worker beside the API, and the clock must run on a job, not on their boot (a deployed
+    service's are up long before its jobs). The inference server imports torch, the worker
+    does not: the worker is up by then. Measured without this wait, the first job waited
+    ~10 s for the worker while both booted on the 2-CPU VM, and its trainer shared the CPUs
+    with the inference server's imports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{url}/readyz", timeout=5)
+        if ready.json().get("checks", {}).get("inference") == "ok":
+            return
+        time.sleep(0.5)
+    raise BenchError(f"the inference server of tunery serve did not start in {timeout:.0f} s")
+
+
 @contextmanager
 def tunery_serve(data_dir: Path, models_dir: Path, threads: int | None) -> Iterator[str]:
     port = free_port()
@@ -193,6 +209,7 @@ def tunery_serve(data_dir: Path, models_dir: Path, threads: int | None) -> Itera
             if time.monotonic() > deadline:
                 raise BenchError("tunery serve did not answer /healthz in 120 s")
             time.sleep(0.3)
+        wait_for_data_plane(url)
         yield url
     finally:
         with suppress(ProcessLookupError):

@@ -143,22 +143,6 @@ def build_model(task: str, target: Path) -> Path:
 # -- the service side -----------------------------------------------------------------------
 
 
-def wait_for_data_plane(client: httpx.Client, timeout: float = 300.0) -> None:
-    """Until the inference server answers (GET /readyz): `tunery serve` starts it and the
-    worker beside the API, and the clock must run on a job, not on their boot (a deployed
-    service's are up long before its jobs). The inference server imports torch, the worker
-    does not: the worker is up by then. Measured without this wait, the first job waited
-    ~10 s for the worker while both booted on the 2-CPU VM, and its trainer shared the CPUs
-    with the inference server's imports."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready = client.get("/readyz")
-        if ready.json().get("checks", {}).get("inference") == "ok":
-            return
-        time.sleep(0.5)
-    raise BenchError(f"the inference server of tunery serve did not start in {timeout:.0f} s")
-
-
 def run_service(config: dict[str, Any], scratch: Path) -> Side:
     data_dir = scratch / f"service-{time.time_ns()}"
     models_dir = data_dir / "models"
@@ -168,7 +152,6 @@ def run_service(config: dict[str, Any], scratch: Path) -> Side:
         tunery_serve(data_dir, models_dir, config.get("threads")) as url,
         httpx.Client(base_url=url, timeout=120) as client,
     ):
-        wait_for_data_plane(client)
         run = run_job(
             client,
             {"training_file": Path(config["train"]), "validation_file": Path(config["validation"])},

@@ -183,21 +183,18 @@ def estimate_tokens(row: dict[str, Any], row_format: RowFormat) -> int:
     return -(-row_format.chars(row) // CHARS_PER_TOKEN) + row_format.token_overhead(row)
 
 
+def _file_kinds() -> Iterator[Any]:
+    for task in task_plugins.TASKS:
+        yield from task.file_kinds
+
+
 def file_kind_named(name: str | None) -> Any:
     """The FileKind whose format is `name` (an archive format), or None for row formats."""
-    for task in task_plugins.TASKS:
-        for kind in task.file_kinds:
-            if kind.name == name:
-                return kind
-    return None
+    return next((kind for kind in _file_kinds() if kind.name == name), None)
 
 
 def _file_kind(path: Path, filename: str) -> Any:
-    for task in task_plugins.TASKS:
-        for kind in task.file_kinds:
-            if kind.claims(path, filename):
-                return kind
-    return None
+    return next((kind for kind in _file_kinds() if kind.claims(path, filename)), None)
 
 
 def _scan(
