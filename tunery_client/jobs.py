@@ -269,7 +269,29 @@ def metrics(client: Client, args: argparse.Namespace) -> int:
                 ["true \\ predicted", *labels],
                 [[lbl, *r] for lbl, r in zip(labels, matrix, strict=True)],
             )
+        misclassified_table(last)
     return 0
+
+
+def misclassified_table(evaluation: dict[str, Any]) -> None:
+    """Image and audio evaluations name their most confident mistakes: the file in the
+    archive, its sample number (GET /v1/files/{id}/samples/{n}/content fetches it), the
+    true and the predicted label, and the probability given to the wrong one."""
+    wrong = evaluation.get("misclassified")
+    if not isinstance(wrong, list) or not wrong:
+        return
+    print(
+        f"\nMisclassified at step {evaluation.get('step')} "
+        "(validation examples, the most confident mistakes first)"
+    )
+    output.table(
+        ["file", "sample", "true", "predicted", "score"],
+        [
+            [w.get("file"), w.get("index"), w.get("label"), w.get("predicted"), w.get("score")]
+            for w in wrong
+            if isinstance(w, dict)
+        ],
+    )
 
 
 def _columns(rows: list[dict[str, Any]], first: list[str]) -> list[str]:

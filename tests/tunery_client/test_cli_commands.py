@@ -171,6 +171,47 @@ def test_metrics_models_and_deployments_views(
         run(api, "models", "download", "ft:tiny-bert:x:ftjob-nope", "-o", str(tmp_path))
 
 
+def test_metrics_prints_the_confusion_matrix_and_the_misclassified_examples(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a media evaluation records (worker/training/metrics.py) is what the table shows:
+    each mistake's file, sample number, true and predicted label and score."""
+    from app.jobs import repository
+    from tests.app.jobs.test_lifecycle import sessions
+
+    file_id = upload(api, tmp_path, capsys)
+    run(api, "jobs", "create", "-m", "tiny-bert", "-t", file_id, "--json")
+    job_id = json.loads(capsys.readouterr().out)["id"]
+    wrong = [
+        {"file": "cats/12.jpg", "index": 41, "label": "cat", "predicted": "dog", "score": 0.91},
+        {"file": "dogs/3.jpg", "index": 7, "label": "dog", "predicted": "cat", "score": 0.62},
+    ]
+    with sessions(api)() as session:
+        repository.add_metric(
+            session,
+            job_id,
+            "eval",
+            4,
+            1.0,
+            {
+                "eval_loss": 0.5,
+                "accuracy": 0.75,
+                "per_class": {"cat": {"f1": 0.8}, "dog": {"f1": 0.7}},
+                "confusion_matrix": [[5, 1], [1, 1]],
+                "misclassified": wrong,
+            },
+        )
+        session.commit()
+    assert run(api, "jobs", "metrics", job_id) == 0
+    out = capsys.readouterr().out
+    assert "Confusion matrix at step 4" in out
+    table = out.split("Misclassified at step 4", 1)[1].splitlines()[1:]
+    assert table[0].split() == ["FILE", "SAMPLE", "TRUE", "PREDICTED", "SCORE"]
+    assert table[1].split()[:4] == ["cats/12.jpg", "41", "cat", "dog"]
+    assert table[2].split()[:4] == ["dogs/3.jpg", "7", "dog", "cat"]
+    assert "0.91" in table[1] and "0.62" in table[2]
+
+
 def test_the_api_key_is_sent_as_a_bearer_token(
     api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
