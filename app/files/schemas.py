@@ -6,6 +6,13 @@ from pydantic import BaseModel
 
 from app.files.formats import long_examples_warning
 from app.tables import FileRow
+from task_plugins.media import archive
+
+
+def has_samples(file_format: str | None) -> bool:
+    """Whether GET /v1/files/{id}/samples shows examples of a file of this format (image and
+    audio archives)."""
+    return file_format in archive.FORMATS.values()
 
 
 class FilePublic(BaseModel):
@@ -23,6 +30,8 @@ class FilePublic(BaseModel):
     errors: list[dict[str, Any]]
     # things that do not stop training but that the user should know, e.g. long examples
     warnings: list[str] = []
+    # GET /v1/files/{id}/samples shows examples of it (image and audio archives)
+    samples: bool = False
 
     @classmethod
     def of(cls, row: FileRow) -> FilePublic:
@@ -39,6 +48,7 @@ class FilePublic(BaseModel):
             stats=row.stats or {},
             errors=row.errors or [],
             warnings=[long_examples] if long_examples else [],
+            samples=has_samples(row.format),
         )
 
 

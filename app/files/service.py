@@ -14,6 +14,7 @@ from app.auth import quota_exceeded
 from app.failures import APIError, not_found
 from app.files import repository
 from app.files.formats import inspect_file
+from app.files.schemas import has_samples
 from app.ids import new_id
 from app.settings import Settings
 from app.storage import ArtifactStore, TooLarge
@@ -163,7 +164,7 @@ class Sample:
 def scan_stored_archive(store: ArtifactStore, row: FileRow, limits: ArchiveLimits) -> archive.Scan:
     """The archive's examples, read from its zip directory through a seekable stream of the
     stored upload (never extracted, never read whole), with the upload's hostile checks."""
-    if row.format not in archive.FORMATS.values():
+    if not has_samples(row.format):
         raise APIError(
             400,
             f"File {row.id} ({row.filename}) is in {row.format or 'no known'} format; samples "

@@ -13,9 +13,26 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+import task_plugins
 from app.failures import APIError, not_found
 from app.models.registry import BaseModel, list_base_models, resolve_base_model
 from app.tables import DeploymentRow, FineTunedModelRow, JobCheckpointRow, JobRow
+
+
+def predicts(task: str) -> dict[str, Any] | None:
+    """What the model's predict takes, from its task's predictor hook: the kinds of input
+    ("text", "chat", "image", "audio"), the request parameters, and whether it streams. A
+    client (the dashboard's playground) builds its form from this instead of knowing tasks.
+    None for a task this build does not run."""
+    try:
+        hook = task_plugins.get(task).predictor
+    except task_plugins.UnknownTask:
+        return None
+    return {
+        "inputs": sorted(hook.inputs),
+        "parameters": sorted(hook.parameters),
+        "streams": hook.streams,
+    }
 
 
 def base_public(model: BaseModel) -> dict[str, Any]:
@@ -25,6 +42,7 @@ def base_public(model: BaseModel) -> dict[str, Any]:
         "created": model.created_at,
         "owned_by": "tunery",
         "task": model.task,
+        "predicts": predicts(model.task),
         "kind": "base",
         # the Hub commit it was pulled at (POST /v1/models/pull); None for a folder put in
         # TUNERY_MODELS_DIR by hand
@@ -39,6 +57,7 @@ def tuned_public(row: FineTunedModelRow) -> dict[str, Any]:
         "created": row.created_at,
         "owned_by": "user",
         "task": row.task,
+        "predicts": predicts(row.task),
         "kind": "fine-tuned",
         "base_model": row.base_model,
         "job_id": row.job_id,
@@ -86,6 +105,7 @@ def checkpoint_public(row: JobCheckpointRow, job: JobRow) -> dict[str, Any]:
         "created": row.created_at,
         "owned_by": "user",
         "task": job.task,
+        "predicts": predicts(job.task),
         "kind": "checkpoint",
         "base_model": job.model,
         "job_id": job.id,

@@ -506,3 +506,39 @@ def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
     assert captions == [[w["label"], w["predicted"]] for w in wrong], captions
     assert all(label != predicted for label, predicted in captions)
     shot(browser, "14-job-misclassified")
+
+    # the playground follows the model's `predicts`: a picture chosen as a file, no text box
+    with server.client() as client:
+        deployed = client.post("/v1/deployments", json={"model": done["fine_tuned_model"]})
+        assert deployed.status_code == 200, deployed.text
+        dep_id = deployed.json()["id"]
+        live.wait_for(client, f"/v1/deployments/{dep_id}", {"ready", "failed"}, 180)
+    picture = tmp_path / "two.png"
+    picture.write_bytes(digit_images(1, (2,))["2"][0])
+    browser.get(f"{server.base_url}/#/deployments?select={dep_id}")
+    wait(
+        "the playground's file field for the image model",
+        lambda: browser.execute_script(
+            "const f = document.querySelector('#playground-files');"
+            "return document.querySelector('#playground-deployment').value === arguments[0]"
+            " && f.offsetParent !== null && f.accept === 'image/*'"
+            " && document.querySelector('#playground-input').offsetParent === null;",
+            dep_id,
+        ),
+    )
+    browser.find_element("css selector", "#playground-files").send_keys(str(picture))
+    browser.find_element("css selector", "#playground-run").click()
+    predicted = cast(
+        str,
+        wait(
+            "the picture's prediction",
+            lambda: (
+                len(browser.find_elements("css selector", "#playground-results .prediction")) == 1
+                and text_of(browser, "#playground-results")
+            ),
+            120,
+        ),
+    )
+    assert "two.png" in predicted and "%" in predicted, predicted
+    assert any(label in predicted for label in ("0", "1", "2")), predicted
+    shot(browser, "15-playground-image")

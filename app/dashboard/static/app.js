@@ -16,7 +16,9 @@
   };
   // DPO's reward_accuracy (share of pairs preferred) shares the 0..1 chart; its rewards and
   // margins are in the tables
-  const MEDIA_FORMATS = new Set(["image-classification", "audio-classification"]);
+  // the playground's fields for the predict parameters a model takes (its `predicts`):
+  // [default, step]; a parameter not named here has no field (the API still takes it)
+  const PARAMETER_FIELDS = { max_new_tokens: [64, 1], temperature: [0, 0.1], top_p: [1, 0.05], top_k: ["", 1] };
   const EVAL_METRICS = ["accuracy", "f1", "precision", "recall", "token_accuracy", "reward_accuracy"];
   let page = 0; // bumps on every navigation: stale polls and renders check it and stop
   let pollTimer = null;
@@ -197,7 +199,8 @@
     if (!mediaUrls.has(path)) {
       const loading = fetch(path, { headers: authHeaders() }).then(async (res) => {
         if (!res.ok) throw await errorOf(res);
-        return URL.createObjectURL(await res.blob());
+        const blob = await res.blob();
+        return { url: URL.createObjectURL(blob), type: blob.type };
       });
       loading.catch(() => mediaUrls.delete(path)); // a later redraw tries again
       mediaUrls.set(path, loading);
@@ -205,15 +208,20 @@
     return mediaUrls.get(path);
   }
 
-  // a thumbnail (images) or a player (audio) of example `index` of an uploaded archive
-  function sampleMedia(fileId, index, isAudio, name) {
+  // a thumbnail (an image) or a player (a sound) of example `index` of an uploaded archive,
+  // by the type the samples route serves it with
+  function sampleMedia(fileId, index, name) {
     const path = `/v1/files/${encodeURIComponent(fileId)}/samples/${encodeURIComponent(index)}/content`;
-    const node = isAudio
-      ? h("audio", { class: "sample-audio", controls: true, preload: "metadata", title: name })
-      : h("img", { class: "sample-thumb", alt: name, title: name });
-    mediaUrl(path).then((url) => { node.src = url; node.dataset.loaded = "true"; })
-      .catch((e) => { node.classList.add("broken"); node.title = e.message; });
-    return node;
+    const slot = h("span", { class: "sample-thumb loading", title: name });
+    mediaUrl(path).then(({ url, type }) => {
+      const node = type.startsWith("audio/")
+        ? h("audio", { class: "sample-audio", controls: true, preload: "metadata", title: name })
+        : h("img", { class: "sample-thumb", alt: name, title: name });
+      node.src = url;
+      node.dataset.loaded = "true";
+      slot.replaceWith(node);
+    }).catch((e) => { slot.classList.add("broken"); slot.title = e.message; });
+    return slot;
   }
 
   function askKey(message) {
@@ -553,11 +561,10 @@
     if (!Array.isArray(wrong)) return null;
     // the validation rows are the validation file's, or the split held out of the training file
     const fileId = job.validation_file || job.training_file;
-    const isAudio = job.task === "audio-classification";
     return h("div", { class: "misclassified", id: "misclassified" },
       h("h3", { text: "Misclassified" }),
       wrong.length ? h("div", { class: "sample-grid" }, wrong.map((w) => h("figure", { class: "sample wrong", "data-file": w.file },
-        typeof w.index === "number" ? sampleMedia(fileId, w.index, isAudio, w.file) : null,
+        typeof w.index === "number" ? sampleMedia(fileId, w.index, w.file) : null,
         h("figcaption", {},
           h("span", { class: "true-label", text: w.label }), " → ", h("span", { class: "predicted-label", text: w.predicted }),
           h("small", { text: ` ${Math.round(w.score * 100)}%` }),
@@ -704,7 +711,7 @@
     const labels = stats.labels && typeof stats.labels === "object" ? Object.entries(stats.labels).sort((a, b) => b[1] - a[1]) : [];
     const peak = Math.max(1, ...labels.map((l) => l[1]));
     const samplesBox = h("div", { id: "file-samples" }, h("p", { class: "muted", text: "Loading samples…" }));
-    if (MEDIA_FORMATS.has(file.format)) loadSamples(file, samplesBox);
+    if (file.samples) loadSamples(file, samplesBox);
     // DOM replaceChildren writes a null as the text "null": leave the absent cards out
     box.replaceChildren(...[
       h("div", { class: "page-head" },
@@ -718,7 +725,7 @@
         h("div", { class: "stat" }, h("span", { class: "label", text: "Problems" }), h("span", { class: "value", text: String(errors.length) }), h("span", { class: "sub", text: errors.length >= 20 ? "first 20 shown" : "" }))),
       labels.length ? card("Labels", h("div", { class: "hbars" }, labels.map(([label, count]) => h("div", { class: "hbar" },
         h("span", { class: "hbar-label", text: label }), h("span", { class: "hbar-track" }, h("span", { style: { width: (count / peak * 100) + "%" } })), h("span", { class: "hbar-value", text: fmt(count) }))))) : null,
-      MEDIA_FORMATS.has(file.format) ? card("Samples", samplesBox, { id: "samples-card" }) : null,
+      file.samples ? card("Samples", samplesBox, { id: "samples-card" }) : null,
       card("Validation report", errors.length ? h("table", { class: "table compact", id: "file-errors" },
         h("thead", {}, h("tr", {}, h("th", { text: "Line" }), h("th", { text: "Problem" }))),
         h("tbody", {}, errors.map((e) => h("tr", {}, h("td", { class: "mono", text: e.path ? e.path : (e.line ? String(e.line) : "file") }), h("td", { text: e.message })))))
@@ -740,7 +747,7 @@
     box.replaceChildren(...[...byLabel].map(([label, samples]) => h("div", { class: "sample-class", "data-label": label },
       h("h3", {}, label, h("span", { class: "muted small", text: ` · ${fmt(((file.stats || {}).labels || {})[label])} in all` })),
       h("div", { class: "sample-grid" }, samples.map((sample) => h("figure", { class: "sample" },
-        sampleMedia(file.id, sample.index, sample.content_type.startsWith("audio/"), sample.file),
+        sampleMedia(file.id, sample.index, sample.file),
         h("figcaption", {}, h("span", { class: "sample-name", title: sample.file, text: sample.file }))))))));
   }
 
@@ -814,42 +821,65 @@
     const body = h("tbody", {}, emptyRow(7, "Loading…"));
     const select = h("select", { id: "playground-deployment" });
     const inputs = h("textarea", { id: "playground-input", rows: 5, placeholder: "One input per line" });
+    const files = h("input", { id: "playground-files", type: "file", multiple: true });
+    const textField = h("label", { class: "field" }, h("span", { text: "Inputs" }), inputs);
+    const fileField = h("label", { class: "field", hidden: true }, h("span", { text: "Files" }), files);
     const params = h("div", { class: "row params" });
     const results = h("div", { id: "playground-results", class: "results" });
     const go = h("button", { class: "primary", id: "playground-run", type: "submit", text: "Predict" });
-    let tasks = {};
+    // model id -> what its predict takes (`predicts` of GET /v1/models): the form follows it
+    const predictsOf = {};
     const paramInputs = {};
+    let mediaKind = null; // "image" or "audio" when the model takes files, else null
     const renderParams = () => {
       const dep = select.selectedOptions[0];
-      const task = dep ? tasks[dep.dataset.model] : null;
-      const fields = task === "causal-lm"
-        ? [["max_new_tokens", 64, 1], ["temperature", 0, 0.1], ["top_p", 1, 0.05]]
-        : [["top_k", "", 1]];
-      params.replaceChildren(...fields.map(([name, value, step]) => {
+      const predicts = (dep && predictsOf[dep.dataset.model]) || { inputs: ["text"], parameters: [] };
+      mediaKind = ["image", "audio"].find((kind) => predicts.inputs.includes(kind)) || null;
+      textField.hidden = mediaKind !== null;
+      fileField.hidden = mediaKind === null;
+      if (mediaKind) files.accept = mediaKind + "/*";
+      const fields = predicts.parameters.filter((name) => name in PARAMETER_FIELDS);
+      params.replaceChildren(...fields.map((name) => {
+        const [value, step] = PARAMETER_FIELDS[name];
         paramInputs[name] = h("input", { type: "number", step, value, placeholder: "all", name });
         return h("label", { class: "field inline" }, h("span", { text: name }), paramInputs[name]);
       }));
-      for (const k of Object.keys(paramInputs)) if (!fields.some((f) => f[0] === k)) delete paramInputs[k];
+      for (const k of Object.keys(paramInputs)) if (!fields.includes(k)) delete paramInputs[k];
     };
     select.addEventListener("change", renderParams);
+    const dataUrl = (file) => new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(new Error(`${file.name} cannot be read`));
+      reader.readAsDataURL(file);
+    });
     const form = h("form", { class: "playground", onsubmit: async (ev) => {
       ev.preventDefault();
-      const texts = inputs.value.split("\n").map((t) => t.trim()).filter(Boolean);
       if (!select.value) { toast("Deploy a model first.", "error"); return; }
-      if (!texts.length) { toast("Type at least one input.", "error"); return; }
+      let shown, body;
+      if (mediaKind) {
+        const chosen = [...files.files];
+        if (!chosen.length) { toast(`Choose at least one ${mediaKind} file.`, "error"); return; }
+        shown = chosen.map((f) => f.name);
+        body = await Promise.all(chosen.map(async (f) => ({ [mediaKind]: await dataUrl(f) })));
+      } else {
+        shown = inputs.value.split("\n").map((t) => t.trim()).filter(Boolean);
+        if (!shown.length) { toast("Type at least one input.", "error"); return; }
+        body = shown;
+      }
       const parameters = {};
       for (const [k, input] of Object.entries(paramInputs)) if (input.value !== "") parameters[k] = Number(input.value);
       go.disabled = true;
       results.replaceChildren(h("p", { class: "muted", text: "Predicting…" }));
       const started = performance.now();
       try {
-        const out = await api(`/v1/deployments/${select.value}/predict`, { method: "POST", body: { inputs: texts, parameters } });
-        renderPredictions(results, texts, out.predictions, performance.now() - started);
+        const out = await api(`/v1/deployments/${select.value}/predict`, { method: "POST", body: { inputs: body, parameters } });
+        renderPredictions(results, shown, out.predictions, performance.now() - started);
       } catch (e) { results.replaceChildren(h("div", { class: "notice error", text: e.message })); }
       go.disabled = false;
     } },
       h("label", { class: "field" }, h("span", { text: "Deployment" }), select),
-      h("label", { class: "field" }, h("span", { text: "Inputs" }), inputs),
+      textField, fileField,
       params, h("div", { class: "row end" }, go));
     app.replaceChildren(
       h("div", { class: "page-head" }, h("h1", { text: "Deployments" })),
@@ -861,7 +891,11 @@
     const refresh = async () => {
       const [deps, models] = await Promise.all([api("/v1/deployments"), api("/v1/models")]);
       if (mine !== page) return false;
-      tasks = Object.fromEntries(models.data.map((m) => [m.id, m.task]));
+      for (const m of models.data) predictsOf[m.id] = m.predicts;
+      // a checkpoint's deployment: its model is not in the list; ask for it once
+      for (const d of deps.data) if (!(d.model in predictsOf)) {
+        try { predictsOf[d.model] = (await api("/v1/models/" + encodeURIComponent(d.model))).predicts; } catch (e) { predictsOf[d.model] = null; }
+      }
       body.replaceChildren(...(deps.data.length ? deps.data.map((d) => h("tr", { "data-id": d.id },
         h("td", { class: "mono", text: d.id }),
         h("td", { class: "mono small", text: d.model }),

@@ -21,6 +21,7 @@ from tests.support.media import digit_images, folder_zip, metadata_zip, tones
 def test_an_image_archive_lists_a_few_per_class_and_serves_each(api: Api, tmp_path: Path) -> None:
     pictures = digit_images(6, (3, 8))
     file = upload_text(api, "d.zip", folder_zip(tmp_path / "d.zip", pictures).read_bytes())
+    assert file["samples"] is True  # the file object says the samples route shows it
     listed = api.client.get(f"/v1/files/{file['id']}/samples", params={"per_class": 2})
     assert listed.status_code == 200, listed.text
     body = listed.json()
@@ -59,6 +60,7 @@ def test_an_audio_archive_in_the_metadata_layout(api: Api, tmp_path: Path) -> No
 def test_what_is_not_an_archive_or_not_an_example_is_refused(api: Api, tmp_path: Path) -> None:
     rows = "".join(f'{{"text": "row {i}", "label": "a{i % 2}"}}\n' for i in range(12))
     text_file = upload_text(api, "t.jsonl", rows)
+    assert text_file["samples"] is False
     refused = api.client.get(f"/v1/files/{text_file['id']}/samples")
     assert refused.status_code == 400, refused.text
     error = refused.json()["error"]

@@ -13,6 +13,22 @@ def test_lists_base_models_with_their_task(api: Api) -> None:
     assert api.client.delete("/v1/models/tiny-llama").status_code == 400
 
 
+def test_each_model_says_what_its_predict_takes(api: Api) -> None:
+    """`predicts` comes from the task's predictor hook: a classifier takes text and top_k,
+    a causal LM text or chat, the decoding parameters, and streams."""
+    import task_plugins
+
+    data = {m["id"]: m for m in api.client.get("/v1/models").json()["data"]}
+    bert, llama = data["tiny-bert"]["predicts"], data["tiny-llama"]["predicts"]
+    assert bert == {"inputs": ["text"], "parameters": ["top_k"], "streams": False}
+    assert llama["inputs"] == ["chat", "text"] and llama["streams"] is True
+    assert {"max_new_tokens", "temperature", "top_p", "seed"} <= set(llama["parameters"])
+    for model in data.values():
+        hook = task_plugins.get(model["task"]).predictor
+        assert model["predicts"]["parameters"] == sorted(hook.parameters)
+    assert api.client.get("/v1/models/tiny-llama").json()["predicts"] == llama
+
+
 def test_deploy_and_predict_answer_503_while_inference_is_down(api: Api) -> None:
     dep = api.client.post("/v1/deployments", json={"model": "tiny-bert"}).json()
     assert dep["object"] == "deployment" and dep["status"] == "loading"
