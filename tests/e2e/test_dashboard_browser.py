@@ -248,18 +248,7 @@ def test_file_report_models_and_playground(
     browser.find_element("css selector", "#playground-input").send_keys(
         "the movie was great and wonderful\nthis was awful and sad"
     )
-    browser.find_element("css selector", "#playground-run").click()
-    results = cast(
-        str,
-        wait(
-            "two predictions",
-            lambda: (
-                len(browser.find_elements("css selector", "#playground-results .prediction")) == 2
-                and text_of(browser, "#playground-results")
-            ),
-            120,
-        ),
-    )
+    results = predict_in_playground(browser, 2)
     assert "positive" in results and "negative" in results and "%" in results
     shot(browser, "08-playground")
 
@@ -405,6 +394,23 @@ def test_sweep_page_shows_trials_over_time_and_parameters(
     shot(browser, "10-sweep-succeeded")
 
 
+def predict_in_playground(browser: Any, count: int) -> str:
+    """Click Predict; the results' text once `count` predictions are shown."""
+    browser.find_element("css selector", "#playground-run").click()
+    return cast(
+        str,
+        wait(
+            f"{count} prediction(s) in the playground",
+            lambda: (
+                len(browser.find_elements("css selector", "#playground-results .prediction"))
+                == count
+                and text_of(browser, "#playground-results")
+            ),
+            120,
+        ),
+    )
+
+
 def loaded_media(driver: Any, selector: str) -> list[dict[str, Any]]:
     """The <img>/<audio> elements under selector that show their example: decoded pictures
     (naturalWidth) and sounds whose metadata loaded (duration)."""
@@ -527,18 +533,7 @@ def test_media_files_show_samples_and_a_job_its_misclassified_pictures(
         ),
     )
     browser.find_element("css selector", "#playground-files").send_keys(str(picture))
-    browser.find_element("css selector", "#playground-run").click()
-    predicted = cast(
-        str,
-        wait(
-            "the picture's prediction",
-            lambda: (
-                len(browser.find_elements("css selector", "#playground-results .prediction")) == 1
-                and text_of(browser, "#playground-results")
-            ),
-            120,
-        ),
-    )
+    predicted = predict_in_playground(browser, 1)
     assert "two.png" in predicted and "%" in predicted, predicted
     assert any(label in predicted for label in ("0", "1", "2")), predicted
     shot(browser, "15-playground-image")
