@@ -157,6 +157,12 @@ def migrated_database_url(
             yield url
 
 
+@pytest.fixture
+def migrated_sqlite_url(tmp_path: Path, schema_templates: SchemaTemplates) -> str:
+    """A copy of the session's migrated SQLite database, for a test about SQLite alone."""
+    return backends.copy_sqlite_database(schema_templates.url("sqlite"), tmp_path / "tunery.db")
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TUNERY_MODELS_DIR with tiny decoder and encoder models built locally."""

@@ -29,7 +29,6 @@ from fastapi.testclient import TestClient
 from app.broker import BrokerWatch
 from app.jobs.reconciler import Reconciler
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from tests.support import backends, live
 from tests.support.faults import (
@@ -169,14 +168,11 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(
 
 
 def test_a_broker_that_lost_its_marker_gets_every_waiting_job_again(
-    tmp_path: Path, tiny_models: Path
+    tmp_path: Path, tiny_models: Path, migrated_sqlite_url: str
 ) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'tunery.db'}",
-        models_dir=tiny_models,
+        data_dir=tmp_path / "data", database_url=migrated_sqlite_url, models_dir=tiny_models
     )
-    upgrade(settings.database_url)
     app = create_app(settings, reconciler=False)
     sent: list[str] = []
     app.state.enqueue = sent.append
