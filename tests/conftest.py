@@ -21,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 LONGEST_FIRST = (
     "tests/bench/test_gpu_check.py",
     "tests/faults/test_broker_faults.py",
+    "tests/e2e/test_sweeps_walk.py",
     "tests/e2e/test_serving_walk.py",
     "tests/e2e/test_walk.py",
     "tests/e2e/test_training_faults.py",
