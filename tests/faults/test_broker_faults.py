@@ -1,7 +1,7 @@
-"""The broker only carries wake-ups; the database holds the jobs. Against live api/worker/
-inference processes on a private redis-server (started here on a free port, without
-persistence: a restart wipes it) and the test's database (SQLite, and Postgres where
-reachable):
+"""The broker only carries wake-ups; the database holds the jobs. Against live api and
+worker processes (no inference server: nothing here serves a model) on a private
+redis-server (started here on a free port, without persistence: a restart wipes it) and the
+test's database (SQLite, and Postgres where reachable):
 
 - Redis restarted empty while one job runs and others wait: within 60 s the reconciler
   sends every waiting job to the workers again from the database (also one created while
@@ -58,15 +58,20 @@ def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 def stack(
     backend: backends.Backend, tmp_path: Path, models: Path, broker: str, **env: str
 ) -> Iterator[live.LiveServer]:
-    """api, worker and inference processes on the test's database and the given broker."""
+    """api and worker processes on the test's database and the given broker (no inference
+    server: these tests train and never serve)."""
     if backend.name == "sqlite":
         url = f"sqlite:///{tmp_path / 'tunery.db'}"
-        with live.distributed(tmp_path / "data", models, url, broker, **env) as server:
+        with live.distributed(
+            tmp_path / "data", models, url, broker, inference=False, **env
+        ) as server:
             yield server
     else:
         with (
             backends.fresh_postgres_database() as url,
-            live.distributed(tmp_path / "data", models, url, broker, **env) as server,
+            live.distributed(
+                tmp_path / "data", models, url, broker, inference=False, **env
+            ) as server,
         ):
             yield server
 
