@@ -21,6 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 LONGEST_FIRST = (
     "tests/bench/test_gpu_check.py",
     "tests/faults/test_broker_faults.py",
+    "tests/e2e/test_sweeps_walk.py",
     "tests/e2e/test_serving_walk.py",
     "tests/e2e/test_walk.py",
     "tests/e2e/test_training_faults.py",
@@ -155,6 +156,12 @@ def migrated_database_url(
     else:
         with backends.fresh_postgres_database(template=template) as url:
             yield url
+
+
+@pytest.fixture
+def migrated_sqlite_url(tmp_path: Path, schema_templates: SchemaTemplates) -> str:
+    """A copy of the session's migrated SQLite database, for a test about SQLite alone."""
+    return backends.copy_sqlite_database(schema_templates.url("sqlite"), tmp_path / "tunery.db")
 
 
 @pytest.fixture(scope="session")

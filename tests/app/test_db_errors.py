@@ -60,11 +60,8 @@ def test_a_value_the_database_refuses_is_a_400_naming_it(
         assert "NUL" in error["message"] and param in error["message"], error
 
 
-def test_integrity_and_data_errors_map_to_4xx(database_url: str, backend: Backend) -> None:
-    from app.migrate import upgrade
-
-    upgrade(database_url)
-    engine = create_engine(database_url)
+def test_integrity_and_data_errors_map_to_4xx(migrated_database_url: str, backend: Backend) -> None:
+    engine = create_engine(migrated_database_url)
     insert = text("INSERT INTO projects (id, name, created_at) VALUES (:id, :name, 0)")
     try:
         with engine.begin() as conn:

@@ -122,23 +122,22 @@ def test_queue_depth_counts_filesystem_broker_messages(api: Api) -> None:
 
 
 @pytest.mark.skipif(not backends.redis_reachable(), reason="Redis not reachable on 127.0.0.1")
-def test_queue_depth_on_redis(tmp_path: Path, tiny_models: Path) -> None:
+def test_queue_depth_on_redis(tmp_path: Path, tiny_models: Path, migrated_sqlite_url: str) -> None:
     import redis
     from fastapi.testclient import TestClient
 
     from app.broker import enqueue_job
     from app.main import create_app
-    from app.migrate import upgrade
 
     queue = f"tunery-metrics-{uuid.uuid4().hex[:8]}"
     settings = Settings(
         data_dir=tmp_path / "data",
+        database_url=migrated_sqlite_url,
         models_dir=tiny_models,
         broker_url=backends.REDIS_URL,
         queue=queue,
         inference_url="http://127.0.0.1:9",
     )
-    upgrade(settings.database_url)
     app = create_app(settings, reconciler=False)
     try:
         with TestClient(app) as client:

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.db import make_engine
-from app.migrate import upgrade
 from app.reads import SqliteReads, ThreadReads, make_reads
 from app.tables import JobRow
 
 
-def test_sqlite_reads_match_the_orm_and_fall_back_when_busy(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'tunery.db'}"
-    upgrade(url)
+def test_sqlite_reads_match_the_orm_and_fall_back_when_busy(migrated_sqlite_url: str) -> None:
+    url = migrated_sqlite_url
     engine = make_engine(url)
     with Session(engine) as session:
         session.add(

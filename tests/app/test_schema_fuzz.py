@@ -39,8 +39,9 @@ from schemathesis.generation import GenerationMode
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
+from tests.conftest import SchemaTemplates
+from tests.support.backends import copy_sqlite_database
 from tests.support.fuzz import no_server_error
 
 pytestmark = pytest.mark.faults
@@ -110,16 +111,17 @@ def _seed(client: TestClient) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def fuzzed(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[Any]:
+def fuzzed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, schema_templates: SchemaTemplates
+) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("fuzz")
     app_settings = Settings(
         data_dir=tmp / "data",
-        database_url=f"sqlite:///{tmp / 'tunery.db'}",
+        database_url=copy_sqlite_database(schema_templates.url("sqlite"), tmp / "tunery.db"),
         models_dir=tiny_models,
         inference_url="http://127.0.0.1:9",  # nothing listens: predict answers 503
         max_upload_bytes=64 * 1024,
     )
-    upgrade(app_settings.database_url)
     app = create_app(app_settings, reconciler=False)
     app.state.enqueue = lambda _job_id: None  # no worker: jobs stay queued
     with TestClient(app) as client:

@@ -37,11 +37,16 @@ def media_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(
-    backend: backends.Backend, tmp_path: Path, media_models: Path
+    module_backend: backends.Backend,
+    tmp_path_factory: pytest.TempPathFactory,
+    media_models: Path,
 ) -> Iterator[live.LiveServer]:
-    with live.for_backend(backend, tmp_path / "data", media_models) as srv:
+    """One live server per backend for the image and the audio walk (each uploads, trains
+    and deploys its own)."""
+    data_dir = tmp_path_factory.mktemp(f"media-{module_backend.name}") / "data"
+    with live.for_backend(module_backend, data_dir, media_models) as srv:
         yield srv
 
 

@@ -49,11 +49,18 @@ JOB = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server(
-    backend: backends.Backend, tmp_path: Path, tiny_models: Path
+    module_backend: backends.Backend,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_models: Path,
 ) -> Iterator[live.LiveServer]:
-    with live.for_backend(backend, tmp_path / "data", tiny_models, **FAST) as srv:
+    """One live server per backend for the module's tests (each uploads and trains its own
+    jobs; after a killed worker, `tunery serve` starts another and the distributed test
+    starts worker-2, so the next test finds a worker either way). Nothing here serves a
+    model: the distributed stack runs without its inference server."""
+    data_dir = tmp_path_factory.mktemp(f"faults-{module_backend.name}") / "data"
+    with live.for_backend(module_backend, data_dir, tiny_models, inference=False, **FAST) as srv:
         yield srv
 
 

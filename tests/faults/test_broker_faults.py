@@ -1,7 +1,7 @@
-"""The broker only carries wake-ups; the database holds the jobs. Against live api/worker/
-inference processes on a private redis-server (started here on a free port, without
-persistence: a restart wipes it) and the test's database (SQLite, and Postgres where
-reachable):
+"""The broker only carries wake-ups; the database holds the jobs. Against live api and
+worker processes (no inference server: nothing here serves a model) on a private
+redis-server (started here on a free port, without persistence: a restart wipes it) and the
+test's database (SQLite, and Postgres where reachable):
 
 - Redis restarted empty while one job runs and others wait: within 60 s the reconciler
   sends every waiting job to the workers again from the database (also one created while
@@ -29,7 +29,6 @@ from fastapi.testclient import TestClient
 from app.broker import BrokerWatch
 from app.jobs.reconciler import Reconciler
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
 from tests.support import backends, live
 from tests.support.faults import (
@@ -59,15 +58,20 @@ def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 def stack(
     backend: backends.Backend, tmp_path: Path, models: Path, broker: str, **env: str
 ) -> Iterator[live.LiveServer]:
-    """api, worker and inference processes on the test's database and the given broker."""
+    """api and worker processes on the test's database and the given broker (no inference
+    server: these tests train and never serve)."""
     if backend.name == "sqlite":
         url = f"sqlite:///{tmp_path / 'tunery.db'}"
-        with live.distributed(tmp_path / "data", models, url, broker, **env) as server:
+        with live.distributed(
+            tmp_path / "data", models, url, broker, inference=False, **env
+        ) as server:
             yield server
     else:
         with (
             backends.fresh_postgres_database() as url,
-            live.distributed(tmp_path / "data", models, url, broker, **env) as server,
+            live.distributed(
+                tmp_path / "data", models, url, broker, inference=False, **env
+            ) as server,
         ):
             yield server
 
@@ -169,14 +173,11 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(
 
 
 def test_a_broker_that_lost_its_marker_gets_every_waiting_job_again(
-    tmp_path: Path, tiny_models: Path
+    tmp_path: Path, tiny_models: Path, migrated_sqlite_url: str
 ) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'tunery.db'}",
-        models_dir=tiny_models,
+        data_dir=tmp_path / "data", database_url=migrated_sqlite_url, models_dir=tiny_models
     )
-    upgrade(settings.database_url)
     app = create_app(settings, reconciler=False)
     sent: list[str] = []
     app.state.enqueue = sent.append

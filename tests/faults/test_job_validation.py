@@ -15,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.migrate import upgrade
 from app.settings import Settings
+from tests.conftest import SchemaTemplates
+from tests.support.backends import copy_sqlite_database
 
 pytestmark = pytest.mark.faults
 
@@ -24,15 +25,16 @@ HP = "method.supervised.hyperparameters"
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[TestClient]:
+def client(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, schema_templates: SchemaTemplates
+) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("validation")
     settings = Settings(
         data_dir=tmp / "data",
-        database_url=f"sqlite:///{tmp / 'tunery.db'}",
+        database_url=copy_sqlite_database(schema_templates.url("sqlite"), tmp / "tunery.db"),
         models_dir=tiny_models,
         inference_url="http://127.0.0.1:9",
     )
-    upgrade(settings.database_url)
     app = create_app(settings, reconciler=False)
     app.state.enqueue = lambda _job_id: None
     with TestClient(app) as test_client:

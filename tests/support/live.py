@@ -153,8 +153,16 @@ def api_only(data_dir: Path, models_dir: Path, **extra_env: str) -> Iterator[Liv
 
 @contextmanager
 def distributed(
-    data_dir: Path, models_dir: Path, database_url: str, redis_url: str, **extra_env: str
+    data_dir: Path,
+    models_dir: Path,
+    database_url: str,
+    redis_url: str,
+    inference: bool = True,
+    **extra_env: str,
 ) -> Iterator[LiveServer]:
+    """api, worker and inference processes; `inference=False` leaves the inference server
+    out (nothing listens at TUNERY_INFERENCE_URL) for a test that never serves a model: it
+    spares a process that loads torch."""
     api_port, inference_port = free_port(), free_port()
     env = _base_env(data_dir, models_dir) | extra_env
     env.update(
@@ -166,7 +174,8 @@ def distributed(
     data_dir.mkdir(parents=True, exist_ok=True)
     server = LiveServer(f"http://127.0.0.1:{api_port}", data_dir, env)
     # the inference server needs no database: it loads torch while the schema is built
-    server.start("inference", ["inference", "--port", str(inference_port)])
+    if inference:
+        server.start("inference", ["inference", "--port", str(inference_port)])
     try:
         subprocess.run(
             [sys.executable, "-m", "app.cli", "db", "upgrade"],
@@ -181,7 +190,8 @@ def distributed(
     server.start("worker", ["worker", "--loglevel", "INFO"])
     try:
         server.wait_ready(f"{server.base_url}/healthz")
-        server.wait_ready(f"http://127.0.0.1:{inference_port}/healthz")
+        if inference:
+            server.wait_ready(f"http://127.0.0.1:{inference_port}/healthz")
         yield server
     finally:
         server.stop_all()
@@ -207,15 +217,22 @@ def wait_for(
 
 @contextmanager
 def for_backend(
-    backend: backends.Backend, data_dir: Path, models_dir: Path, **extra_env: str
+    backend: backends.Backend,
+    data_dir: Path,
+    models_dir: Path,
+    inference: bool = True,
+    **extra_env: str,
 ) -> Iterator[LiveServer]:
-    """`embedded()` on SQLite; `distributed()` on a fresh Postgres database and Redis."""
+    """`embedded()` on SQLite; `distributed()` on a fresh Postgres database and Redis, without
+    its inference server when `inference` is False (`tunery serve` always starts one)."""
     if backend.name == "sqlite":
         with embedded(data_dir, models_dir, **extra_env) as server:
             yield server
     else:
         with (
             backends.fresh_postgres_database() as url,
-            distributed(data_dir, models_dir, url, backends.REDIS_URL, **extra_env) as server,
+            distributed(
+                data_dir, models_dir, url, backends.REDIS_URL, inference, **extra_env
+            ) as server,
         ):
             yield server

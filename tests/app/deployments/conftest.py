@@ -81,12 +81,14 @@ class Serving:
     evaluations: list[str]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def inference_process(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
 ) -> Iterator[InferenceProcess]:
-    """One inference server per test module (starting one costs seconds); tests that kill
-    it start it again, and `serving` restarts it if one did not."""
+    """One inference server per pytest process for the modules here (starting one loads
+    torch: seconds of CPU); tests that kill it start it again, and `serving` restarts it if
+    one did not. Each test deploys models of its own (fresh ids), so what an earlier test
+    left loaded is not what a later one looks up."""
     data_dir = tmp_path_factory.mktemp("serving-data")
     inference = InferenceProcess(
         free_port(),

@@ -14,7 +14,6 @@ from app.db import make_engine
 from app.deployments import repository
 from app.deployments import usage as usage_module
 from app.deployments.usage import Usage, UsageCounter
-from app.migrate import upgrade
 from app.tables import DeploymentRow
 
 
@@ -101,9 +100,8 @@ def test_a_failed_flush_keeps_the_counts_for_the_next() -> None:
     asyncio.run(scenario())
 
 
-def test_two_api_processes_flushing_at_once_add_up(database_url: str) -> None:
-    upgrade(database_url)
-    engine = make_engine(database_url)
+def test_two_api_processes_flushing_at_once_add_up(migrated_database_url: str) -> None:
+    engine = make_engine(migrated_database_url)
     make_session = sessionmaker(bind=engine, expire_on_commit=False)
     with make_session() as session:
         dep_id = repository.add(session, "tiny-bert", "proj-1").id
