@@ -27,8 +27,9 @@ of every round are counted), so load from other processes falls on all of them a
 
 Per backend it prints:
 1. the public endpoints: requests/s (tokens/s for streams), p50/p99, errors, the ratio to
-   one client and to the bare ceiling, the first token's p50 for streams, and the CPU time
-   per predict of the API, the inference server and the load generator;
+   one client and to the bare ceiling, the first token's p50 for streams, the mean batch the
+   inference server formed (rows per forward, warm-up included: a decode step for chat), and
+   the CPU time per predict of the API, the inference server and the load generator;
 2. the inference server's /internal/predict alone (no API in front), for comparison;
 3. an overload run: 128 clients on the deployment's predict; every answer must be a 200, or
    a 429/503 with Retry-After within 1 s (a refused client waits Retry-After and retries);
@@ -183,6 +184,12 @@ class Run:
     errors: list[str] = field(default_factory=list)
     refusals: list[tuple[int, float, bool]] = field(default_factory=list)  # status, s, retry
     cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in the window
+    batches: int = 0  # forwards the inference server ran in the window (warm-up included)
+    batched_rows: int = 0  # the rows they held
+
+    @property
+    def mean_batch(self) -> float:
+        return self.batched_rows / self.batches if self.batches else float("nan")
 
     @property
     def rate(self) -> float:
@@ -293,6 +300,23 @@ def drive(
     return asyncio.run(main())
 
 
+def engine_counts(inference: str) -> tuple[int, int]:
+    """Forwards run and the rows they held, over every base the inference server holds."""
+    import httpx
+
+    bases = httpx.get(f"{inference}/internal/models", timeout=30).json()["bases"]
+    return sum(b["batches"] for b in bases), sum(b["batched_rows"] for b in bases)
+
+
+def counted(inference: str, measure: Callable[[], Run]) -> Run:
+    """measure(), with the batches the inference server formed meanwhile."""
+    batches, rows = engine_counts(inference)
+    run = measure()
+    after = engine_counts(inference)
+    run.batches, run.batched_rows = after[0] - batches, after[1] - rows
+    return run
+
+
 def keep_best(kept: Run | None, new: Run, tokens: bool) -> Run:
     """The round with the higher rate, carrying every round's errors and refusals."""
     if kept is None:
@@ -324,7 +348,8 @@ def row(label: str, run: Run, one: Run, ceiling: float | None, tokens: bool = Fa
     errors = len(run.errors) + len(run.refusals)
     return (
         f"  {label:<20} {run.clients:>3} clients {value:8.1f} {unit}  x1 {value / base:5.2f}"
-        f"{share}  p50 {ms(run.p(0.5))} ms  p99 {ms(run.p(0.99))} ms  errors {errors}{first}"
+        f"{share}  p50 {ms(run.p(0.5))} ms  p99 {ms(run.p(0.99))} ms  errors {errors}"
+        f"  batch {run.mean_batch:4.1f}{first}"
     )
 
 
@@ -378,7 +403,8 @@ def bench_backend(
         for _ in range(args.rounds):
             ceilings = best(ceilings, bare.measure())
             for key, measure in plan.items():
-                runs[key] = keep_best(runs.get(key), measure(), tokens=key[0] == "stream")
+                run = counted(inference, measure)
+                runs[key] = keep_best(runs.get(key), run, tokens=key[0] == "stream")
     assert ceilings is not None
     return report(backend, ceilings, runs)
 

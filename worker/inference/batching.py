@@ -94,6 +94,7 @@ class MicroBatcher(ThreadedEngine):
         self._note(len(batch))
         ready = _prepared(batch)
         self._running = sum(len(job.rows or ()) for job in ready)
+        self.rows += self._running
         try:
             results = _classify(self.shared, ready, self.max_batch_size)
         except BaseException as exc:  # never let the thread die with requests waiting

@@ -48,6 +48,7 @@ class EngineStats:
     running: int  # sequences (generation) or inputs (classification) being computed now
     steps: int  # forwards run: batches, or prefill and decode steps
     largest_batch: int  # the most rows one forward held
+    rows: int = 0  # rows summed over every forward: rows / steps is the mean batch
 
 
 class Engine(Protocol):
@@ -102,7 +103,7 @@ class Admission:
 class ThreadedEngine:
     """What both engines share: one thread, started on first use, that owns the base's
     forwards and reads an inbox of jobs, work to run between forwards, and None (stop).
-    A subclass writes `_loop`, counts `steps`, `largest_batch` and `_running`, and calls
+    A subclass writes `_loop`, counts `steps`, `rows`, `largest_batch` and `_running`, and calls
     `admission.leave` as it starts the requests it took."""
 
     thread_label = "engine"
@@ -117,6 +118,7 @@ class ThreadedEngine:
         self._closed = False
         self._running = 0
         self.steps = 0
+        self.rows = 0
         self.largest_batch = 0
 
     def submit(self, job: Job) -> Future[list[Any]]:
@@ -144,6 +146,7 @@ class ThreadedEngine:
             running=self._running,
             steps=self.steps,
             largest_batch=self.largest_batch,
+            rows=self.rows,
         )
 
     def _ensure_thread(self) -> None:

@@ -345,6 +345,7 @@ class DecodeEngine(ThreadedEngine):
 
     def _note(self, rows: int) -> None:
         self.steps += 1
+        self.rows += rows
         self.largest_batch = max(self.largest_batch, rows)
 
     # -- failing ------------------------------------------------------------------------------

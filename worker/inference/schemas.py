@@ -277,6 +277,11 @@ class BaseStats(BaseModel):
     # (classification) being computed
     waiting: int = 0
     running: int = 0
+    # forwards run (micro-batches, or prefill and decode steps), the rows they held in all
+    # (rows / batches: the mean batch achieved) and the most one held
+    batches: int = 0
+    batched_rows: int = 0
+    largest_batch: int = 0
 
 
 class ModelsResponse(BaseModel):

@@ -186,6 +186,9 @@ class InferenceService:
                     **entry,
                     waiting=stats.waiting if stats else 0,
                     running=stats.running if stats else 0,
+                    batches=stats.steps if stats else 0,
+                    batched_rows=stats.rows if stats else 0,
+                    largest_batch=stats.largest_batch if stats else 0,
                 )
             )
         return reports

@@ -39,6 +39,11 @@ def test_concurrent_classifications_share_forwards_up_to_the_batch_size(
         for label, p in expected[0]["scores"].items():
             assert abs(got[0]["scores"][label] - p) < 1e-5
     assert 1 < engine.stats().largest_batch <= 8
+    # the base's report counts the forwards and the inputs they held: 6 alone, 24 together
+    (base,) = service.base_reports()
+    assert base.batched_rows == len(TEXTS) * 5
+    assert len(TEXTS) + 3 <= base.batches < len(TEXTS) * 5
+    assert base.largest_batch == engine.stats().largest_batch
 
 
 def test_a_request_larger_than_the_batch_size_still_runs(
