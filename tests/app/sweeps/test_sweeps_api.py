@@ -79,9 +79,7 @@ def run_job(api: Api, job_id: str, owner: str = "worker-a") -> tuple[int, str]:
     return attempt, owner
 
 
-def evaluate(
-    api: Api, job_id: str, step: int, accuracy: float, loss: float | None = None
-) -> None:
+def evaluate(api: Api, job_id: str, step: int, accuracy: float, loss: float | None = None) -> None:
     with sessions(api)() as session:
         values = {"eval_loss": 1 - accuracy if loss is None else loss, "accuracy": accuracy}
         outcomes.metrics_logged(session, job_id, "eval", step, step / 10, values, values)
@@ -362,9 +360,7 @@ def test_a_trial_level_with_the_median_goes_by_its_eval_loss(api: Api, file_id: 
     assert get(api, sweep_id)["trials"][3]["state"] == "running"
 
 
-def test_a_trial_ahead_on_the_metric_is_never_pruned_for_its_loss(
-    api: Api, file_id: str
-) -> None:
+def test_a_trial_ahead_on_the_metric_is_never_pruned_for_its_loss(api: Api, file_id: str) -> None:
     sweep = create(api, body(file_id, n_trials=3, max_parallel=1))
     sweep_id = sweep["id"]
     finish_two_trials(api, sweep_id, (0.1, 0.1))
