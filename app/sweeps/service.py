@@ -251,22 +251,29 @@ def _report(
     if not evaluations:
         return False
     live = optuna.trial.Trial(optuna_study, trial.optuna_trial_id)
+    direction = row.objective["direction"]
+    total_steps = int((job.progress or {}).get("total_steps") or 0)
     for evaluation in evaluations:
         value = evaluation.values.get(metric)
+        judged = study.pruning_value(metric, direction, evaluation.values)
         trial.reported_step = evaluation.step
-        if not isinstance(value, int | float):
+        if not isinstance(value, int | float) or judged is None:
             continue
         # the pruner compares trials at their n-th evaluation: trials with other batch sizes
         # or epoch counts evaluate at other training steps
         intermediate = [*trial.intermediate, [evaluation.step, float(value)]]
         trial.intermediate = intermediate
-        live.report(float(value), len(intermediate))
-        if job.status not in job_state.TERMINAL and live.should_prune():
+        live.report(judged, len(intermediate))
+        # the last evaluation is the trial's result: pruning it would save no step and only
+        # throw the result away
+        last = 0 < total_steps <= evaluation.step
+        if job.status not in job_state.TERMINAL and not last and live.should_prune():
             _stop_job(
                 session,
                 job,
                 f"Pruned by sweep {row.id} at step {evaluation.step}: its {metric} "
-                f"{value:.4f} is behind the other trials'.",
+                f"{value:.4f} is behind the median of the finished trials' (a tie on "
+                f"{metric} goes by eval_loss).",
             )
             trial.steps = max(trial.steps, evaluation.step)
             _end_trial(optuna_study, trial, "pruned", value=None)

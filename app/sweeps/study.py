@@ -9,6 +9,8 @@ the file `<database>.optuna.db` beside the database (SQLite has no schemas).
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -112,6 +114,35 @@ def make_pruner(name: str, n_trials: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
     return optuna.pruners.NopPruner()
+
+
+# how far the tie-break may move a value the pruner judges: far below the step of a metric
+# counted over a validation set (1/rows), so it orders only values the metric calls equal
+TIE_BREAK = 1e-6
+
+
+def pruning_value(
+    metric: str, direction: Literal["maximize", "minimize"], values: Mapping[str, object]
+) -> float | None:
+    """The value the pruner judges for one evaluation: the objective's, with ties broken by the
+    evaluation's eval_loss (None when the evaluation has no objective value).
+
+    A metric counted over the validation rows (accuracy, f1, token_accuracy) moves in steps of
+    1/rows, so on a small validation set many trials sit at exactly the same value, often the
+    no-skill plateau, and the median pruner prunes only a trial *worse* than the median: a
+    tie runs to its end. The loss on the same rows orders those ties (the lower, the more the
+    model has learned towards the labels) at a finer resolution; it moves a value by less than
+    TIE_BREAK, so any difference the metric itself sees still decides. The trial's objective,
+    what it is told when it completes and what picks the best trial, stays the metric as is."""
+    value = values.get(metric)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    loss = values.get("eval_loss")
+    if metric == "eval_loss" or not isinstance(loss, int | float) or not math.isfinite(loss):
+        return float(value)
+    # loss / (1 + loss) keeps any non-negative loss in [0, 1)
+    worse = TIE_BREAK * max(0.0, float(loss)) / (1.0 + max(0.0, float(loss)))
+    return float(value) - worse if direction == "maximize" else float(value) + worse
 
 
 def create_study(url: str, name: str, direction: Literal["maximize", "minimize"]) -> None:

@@ -79,9 +79,9 @@ def run_job(api: Api, job_id: str, owner: str = "worker-a") -> tuple[int, str]:
     return attempt, owner
 
 
-def evaluate(api: Api, job_id: str, step: int, accuracy: float) -> None:
+def evaluate(api: Api, job_id: str, step: int, accuracy: float, loss: float | None = None) -> None:
     with sessions(api)() as session:
-        values = {"eval_loss": 1 - accuracy, "accuracy": accuracy}
+        values = {"eval_loss": 1 - accuracy if loss is None else loss, "accuracy": accuracy}
         outcomes.metrics_logged(session, job_id, "eval", step, step / 10, values, values)
         row = session.get(JobRow, job_id)
         assert row is not None
@@ -325,6 +325,70 @@ def test_pruning_stops_a_trial_that_falls_behind(api: Api, file_id: str) -> None
     now = get(api, sweep_id)
     assert [t["number"] for t in running_trials(now)] == [3]
     assert now["trials"][2]["steps"] == 13
+
+
+def finish_two_trials(api: Api, sweep_id: str, losses: tuple[float, float]) -> None:
+    """Two trials run to their end at 0.5 accuracy (the median pruner's warm-up), with the
+    given eval_loss at their first evaluation."""
+    for loss in losses:
+        (trial,) = running_trials(get(api, sweep_id))
+        run_job(api, trial["job_id"])
+        evaluate(api, trial["job_id"], 10, 0.5, loss)
+        evaluate(api, trial["job_id"], 40, 0.5, loss)
+        succeed(api, trial["job_id"], 0.5)
+        driver(api).run_once()
+
+
+def test_a_trial_level_with_the_median_goes_by_its_eval_loss(api: Api, file_id: str) -> None:
+    sweep = create(api, body(file_id, n_trials=4, max_parallel=1))
+    sweep_id = sweep["id"]
+    finish_two_trials(api, sweep_id, (0.6, 0.7))
+    # level on accuracy, behind on loss: pruned
+    (third,) = running_trials(get(api, sweep_id))
+    run_job(api, third["job_id"])
+    evaluate(api, third["job_id"], 10, 0.5, loss=0.69)
+    driver(api).run_once()
+    trials = get(api, sweep_id)["trials"]
+    assert trials[2]["state"] == "pruned"
+    # the trial shows the metric as it was, not the value the pruner judged
+    assert trials[2]["intermediate_values"] == [[10, 0.5]]
+    # level on accuracy, ahead on loss: goes on
+    (fourth,) = running_trials(get(api, sweep_id))
+    run_job(api, fourth["job_id"])
+    evaluate(api, fourth["job_id"], 10, 0.5, loss=0.6)
+    driver(api).run_once()
+    assert get(api, sweep_id)["trials"][3]["state"] == "running"
+
+
+def test_a_trial_ahead_on_the_metric_is_never_pruned_for_its_loss(api: Api, file_id: str) -> None:
+    sweep = create(api, body(file_id, n_trials=3, max_parallel=1))
+    sweep_id = sweep["id"]
+    finish_two_trials(api, sweep_id, (0.1, 0.1))
+    (third,) = running_trials(get(api, sweep_id))
+    run_job(api, third["job_id"])
+    evaluate(api, third["job_id"], 10, 0.55, loss=5.0)
+    driver(api).run_once()
+    assert get(api, sweep_id)["trials"][2]["state"] == "running"
+
+
+def test_the_last_evaluation_is_never_pruned(api: Api, file_id: str) -> None:
+    sweep = create(api, body(file_id, n_trials=3, max_parallel=1))
+    sweep_id = sweep["id"]
+    finish_two_trials(api, sweep_id, (0.6, 0.6))
+    (third,) = running_trials(get(api, sweep_id))
+    run_job(api, third["job_id"])
+    evaluate(api, third["job_id"], 10, 0.5, loss=0.5)
+    driver(api).run_once()
+    assert get(api, sweep_id)["trials"][2]["state"] == "running"
+    # behind the median at its last evaluation (step 40 of 40): nothing left to save, so it
+    # completes with its result instead of being pruned at its end
+    evaluate(api, third["job_id"], 40, 0.1, loss=2.0)
+    driver(api).run_once()
+    assert get(api, sweep_id)["trials"][2]["state"] == "running"
+    succeed(api, third["job_id"], 0.1)
+    driver(api).run_once()
+    done = get(api, sweep_id)
+    assert [t["state"] for t in done["trials"]] == ["complete"] * 3
 
 
 def test_cancel_stops_running_trials_and_leaves_none_running_in_optuna(
