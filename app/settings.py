@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     # that may wait to start before more are refused with 503 + Retry-After
     inference_max_running: int = Field(default=32, ge=1, le=1024)
     inference_max_queue: int = Field(default=128, ge=1, le=100_000)
-    # torch threads for the inference server's forwards on the CPU; unset: one fewer than the
-    # CPUs it may use (at least 1), so its event loop keeps a core (docs/serving.md)
+    # torch threads for the inference server's forwards on the CPU; unset: torch's default (a
+    # thread per core). Lower it on a host whose other work keeps the cores busy (docs/serving.md)
     inference_threads: int | None = Field(default=None, ge=1, le=1024)
     # serving through the API (docs/serving.md): connections the API keeps open to the
     # inference server, requests in flight per served model in each API process (past it: a

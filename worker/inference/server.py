@@ -262,29 +262,15 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal error in the inference server", type="server_error")
 
 
-def forward_threads(configured: int | None, cpus: int, torch_default: int) -> int:
-    """Torch's intra-op threads for forwards on the CPU: the configured count, else torch's
-    own default (a thread per physical core, or OMP_NUM_THREADS) but at most one fewer than
-    the CPUs, and at least 1. With a thread on every CPU, each forward needs all of them at
-    once, and the event loop (the next requests' parsing, the answers' writing) and, under
-    `tunery serve`, the API keep preempting one: torch's OpenMP threads then spin at every
-    barrier waiting for it, burning the CPU the forward needed (docs/serving.md)."""
-    if configured is not None:
-        return configured
-    return max(1, min(torch_default, cpus - 1))
-
-
 def run(host: str = "127.0.0.1", port: int = 8001) -> None:
     """Serve until interrupted; `tunery inference` calls this."""
-    import os
-
     import uvicorn
 
     settings = get_settings()
-    cpus = len(os.sched_getaffinity(0))
-    torch.set_num_threads(
-        forward_threads(settings.inference_threads, cpus, torch.get_num_threads())
-    )
+    # torch's default (a thread per core) unless told: on a CPU host whose other work keeps
+    # every core busy, fewer threads avoid OpenMP spinning at each barrier (docs/serving.md)
+    if settings.inference_threads is not None:
+        torch.set_num_threads(settings.inference_threads)
     app = create_app(settings)
     freeze_startup_heap()  # before any model loads: models must stay collectable (app/heap.py)
     uvicorn.run(app, host=host, port=port, workers=1)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.settings import Settings
 from app.storage import ArtifactStore
 from tests.worker.inference.artifacts import LM_ADAPTER, LM_FULL, cls_spec, lm_spec
-from worker.inference.server import create_app, forward_threads
+from worker.inference.server import create_app
 from worker.inference.service import InferenceService
 
 
@@ -143,14 +143,3 @@ def test_a_new_spec_under_a_known_key_reloads(client: TestClient, llama_dir: Pat
     assert a != b
     (entry,) = client.get("/internal/models").json()["models"]
     assert entry["pinned"] is True
-
-
-def test_forwards_leave_a_cpu_to_the_event_loop_unless_told_otherwise() -> None:
-    # 2 CPUs, torch would take both: one, so the event loop does not preempt a forward's
-    assert forward_threads(None, cpus=2, torch_default=2) == 1
-    assert forward_threads(None, cpus=1, torch_default=1) == 1
-    # hyperthreads: torch's default (physical cores) is already below the CPUs
-    assert forward_threads(None, cpus=16, torch_default=8) == 8
-    assert forward_threads(None, cpus=8, torch_default=8) == 7
-    # TUNERY_INFERENCE_THREADS wins
-    assert forward_threads(2, cpus=2, torch_default=2) == 2
