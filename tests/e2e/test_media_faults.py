@@ -58,7 +58,9 @@ def server(
     backend: backends.Backend, tmp_path: Path, vit_models: Path
 ) -> Iterator[live.LiveServer]:
     # nothing here serves a model: the distributed stack runs without its inference server
-    with live.for_backend(backend, tmp_path / "data", vit_models, inference=False, **FAST) as srv:
+    with live.for_backend(
+        backend, tmp_path / "data", vit_models, live.WITHOUT_INFERENCE, **FAST
+    ) as srv:
         yield srv
 
 

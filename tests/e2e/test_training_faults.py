@@ -60,7 +60,9 @@ def server(
     starts worker-2, so the next test finds a worker either way). Nothing here serves a
     model: the distributed stack runs without its inference server."""
     data_dir = tmp_path_factory.mktemp(f"faults-{module_backend.name}") / "data"
-    with live.for_backend(module_backend, data_dir, tiny_models, inference=False, **FAST) as srv:
+    with live.for_backend(
+        module_backend, data_dir, tiny_models, live.WITHOUT_INFERENCE, **FAST
+    ) as srv:
         yield srv
 
 

@@ -63,14 +63,14 @@ def stack(
     if backend.name == "sqlite":
         url = f"sqlite:///{tmp_path / 'tunery.db'}"
         with live.distributed(
-            tmp_path / "data", models, url, broker, inference=False, **env
+            tmp_path / "data", models, url, broker, live.WITHOUT_INFERENCE, **env
         ) as server:
             yield server
     else:
         with (
             backends.fresh_postgres_database() as url,
             live.distributed(
-                tmp_path / "data", models, url, broker, inference=False, **env
+                tmp_path / "data", models, url, broker, live.WITHOUT_INFERENCE, **env
             ) as server,
         ):
             yield server

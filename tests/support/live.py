@@ -151,6 +151,10 @@ def api_only(data_dir: Path, models_dir: Path, **extra_env: str) -> Iterator[Liv
         server.stop_all()
 
 
+# pass it as `inference` (positional-only, so that a `**env` of strings cannot land in it)
+WITHOUT_INFERENCE = False
+
+
 @contextmanager
 def distributed(
     data_dir: Path,
@@ -158,6 +162,7 @@ def distributed(
     database_url: str,
     redis_url: str,
     inference: bool = True,
+    /,
     **extra_env: str,
 ) -> Iterator[LiveServer]:
     """api, worker and inference processes; `inference=False` leaves the inference server
@@ -221,6 +226,7 @@ def for_backend(
     data_dir: Path,
     models_dir: Path,
     inference: bool = True,
+    /,
     **extra_env: str,
 ) -> Iterator[LiveServer]:
     """`embedded()` on SQLite; `distributed()` on a fresh Postgres database and Redis, without
