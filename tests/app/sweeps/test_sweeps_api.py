@@ -327,9 +327,13 @@ def test_pruning_stops_a_trial_that_falls_behind(api: Api, file_id: str) -> None
     assert now["trials"][2]["steps"] == 13
 
 
-def finish_two_trials(api: Api, sweep_id: str, losses: tuple[float, float]) -> None:
-    """Two trials run to their end at 0.5 accuracy (the median pruner's warm-up), with the
-    given eval_loss at their first evaluation."""
+def third_trial_running(
+    api: Api, file_id: str, n_trials: int, losses: tuple[float, float]
+) -> tuple[str, str]:
+    """A sweep (one trial at a time) whose first two trials ran to their end at 0.5 accuracy
+    (the median pruner's warm-up), with the given eval_loss at their first evaluation, and
+    whose third trial's job is running: (the sweep's id, that job's id)."""
+    sweep_id = create(api, body(file_id, n_trials=n_trials, max_parallel=1))["id"]
     for loss in losses:
         (trial,) = running_trials(get(api, sweep_id))
         run_job(api, trial["job_id"])
@@ -337,16 +341,15 @@ def finish_two_trials(api: Api, sweep_id: str, losses: tuple[float, float]) -> N
         evaluate(api, trial["job_id"], 40, 0.5, loss)
         succeed(api, trial["job_id"], 0.5)
         driver(api).run_once()
+    (third,) = running_trials(get(api, sweep_id))
+    run_job(api, third["job_id"])
+    return sweep_id, third["job_id"]
 
 
 def test_a_trial_level_with_the_median_goes_by_its_eval_loss(api: Api, file_id: str) -> None:
-    sweep = create(api, body(file_id, n_trials=4, max_parallel=1))
-    sweep_id = sweep["id"]
-    finish_two_trials(api, sweep_id, (0.6, 0.7))
+    sweep_id, third = third_trial_running(api, file_id, 4, (0.6, 0.7))
     # level on accuracy, behind on loss: pruned
-    (third,) = running_trials(get(api, sweep_id))
-    run_job(api, third["job_id"])
-    evaluate(api, third["job_id"], 10, 0.5, loss=0.69)
+    evaluate(api, third, 10, 0.5, loss=0.69)
     driver(api).run_once()
     trials = get(api, sweep_id)["trials"]
     assert trials[2]["state"] == "pruned"
@@ -361,31 +364,23 @@ def test_a_trial_level_with_the_median_goes_by_its_eval_loss(api: Api, file_id: 
 
 
 def test_a_trial_ahead_on_the_metric_is_never_pruned_for_its_loss(api: Api, file_id: str) -> None:
-    sweep = create(api, body(file_id, n_trials=3, max_parallel=1))
-    sweep_id = sweep["id"]
-    finish_two_trials(api, sweep_id, (0.1, 0.1))
-    (third,) = running_trials(get(api, sweep_id))
-    run_job(api, third["job_id"])
-    evaluate(api, third["job_id"], 10, 0.55, loss=5.0)
+    sweep_id, third = third_trial_running(api, file_id, 3, (0.1, 0.1))
+    evaluate(api, third, 10, 0.55, loss=5.0)
     driver(api).run_once()
     assert get(api, sweep_id)["trials"][2]["state"] == "running"
 
 
 def test_the_last_evaluation_is_never_pruned(api: Api, file_id: str) -> None:
-    sweep = create(api, body(file_id, n_trials=3, max_parallel=1))
-    sweep_id = sweep["id"]
-    finish_two_trials(api, sweep_id, (0.6, 0.6))
-    (third,) = running_trials(get(api, sweep_id))
-    run_job(api, third["job_id"])
-    evaluate(api, third["job_id"], 10, 0.5, loss=0.5)
+    sweep_id, third = third_trial_running(api, file_id, 3, (0.6, 0.6))
+    evaluate(api, third, 10, 0.5, loss=0.5)
     driver(api).run_once()
     assert get(api, sweep_id)["trials"][2]["state"] == "running"
     # behind the median at its last evaluation (step 40 of 40): nothing left to save, so it
     # completes with its result instead of being pruned at its end
-    evaluate(api, third["job_id"], 40, 0.1, loss=2.0)
+    evaluate(api, third, 40, 0.1, loss=2.0)
     driver(api).run_once()
     assert get(api, sweep_id)["trials"][2]["state"] == "running"
-    succeed(api, third["job_id"], 0.1)
+    succeed(api, third, 0.1)
     driver(api).run_once()
     done = get(api, sweep_id)
     assert [t["state"] for t in done["trials"]] == ["complete"] * 3
