@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 PR_SET_PDEATHSIG = 1
 NEW_GROUP = 0
@@ -47,6 +47,21 @@ if os.getppid() != parent:
     os._exit(1)
 os.execvp(command[0], command)
 """
+
+
+class Child(Protocol):
+    """What this module needs of a child: a `subprocess.Popen`, or a child forked warm
+    (app/zygote.py: WarmChild)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
 
 
 def spawn(
@@ -92,7 +107,7 @@ def arm_death_signal(parent: int, death_signal: int) -> None:
 
 
 def terminate(
-    procs: Sequence[subprocess.Popen[Any]],
+    procs: Sequence[Child],
     *,
     groups: Collection[int] | None = None,
     grace: float = 5.0,
@@ -119,9 +134,7 @@ def terminate(
         proc.wait()
 
 
-def _signal_groups(
-    running: Sequence[subprocess.Popen[Any]], groups: Collection[int] | None, sig: int
-) -> None:
+def _signal_groups(running: Sequence[Child], groups: Collection[int] | None, sig: int) -> None:
     for pgid in [proc.pid for proc in running] if groups is None else groups:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)

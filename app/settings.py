@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     usage_flush_seconds: float = Field(default=1.0, gt=0)
     # a worker process claims at most one job at a time; torch threads for the trainer
     trainer_threads: int | None = None
+    # trainers and evaluations forked from a process that already imported torch (app/zygote.py)
+    warm_start: bool = True
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -19,10 +19,17 @@ from collections.abc import Sequence
 
 
 def celery(args: argparse.Namespace) -> None:
+    from celery.signals import worker_ready
+
     from app.settings import get_settings
+    from worker.starts import prestart
     from worker.tasks import app
 
     settings = get_settings()
+    # the trainers' zygote imports torch as soon as the worker is up, so that the first job
+    # starts warm too; not before: Celery sets its logging variables (CELERY_LOG_*) while it
+    # starts, and a zygote serves only the environment it was started with
+    worker_ready.connect(lambda **_: prestart(settings), weak=False)
     app.worker_main(
         [
             "worker",

@@ -133,7 +133,7 @@ def trainer_pids(job_id: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
         except OSError:
             continue
         if b"worker.training.run" in command and any(job_id.encode() in part for part in command):

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from app.models.service import serving_spec
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import EvaluationRow
+from worker import starts
 from worker.supervisor import worker_identity
 
 log = logging.getLogger(__name__)
@@ -109,17 +107,15 @@ class EvaluationRunner:
         spec_path.write_text(json.dumps(spec, indent=2))
         result_path = Path(spec["result_path"])
         result_path.unlink(missing_ok=True)
-        env = dict(os.environ)
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env["HF_HUB_OFFLINE"] = "0" if self.settings.allow_hub else "1"
         # SIGKILL when the worker dies: its evaluation goes back to the queue, and a child
         # left running would hold a model in memory for nobody
-        child = processes.spawn(
-            [sys.executable, "-m", "worker.evaluation.run", str(spec_path)],
-            env=env,
+        child = starts.start(
+            self.settings,
+            "worker.evaluation.run",
+            [str(spec_path)],
+            env=starts.child_env(self.settings),
             cwd=work,
             log=work / "evaluation.log",
-            death_signal=signal.SIGKILL,
         )
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         try:

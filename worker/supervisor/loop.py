@@ -16,6 +16,7 @@ from app.jobs.spec import dump_spec
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.sweeps import repository as sweeps_repo
+from worker import starts
 from worker.supervisor.devices import oom_kills
 from worker.supervisor.lease import DATABASE_PATIENCE_SECONDS, POLL_SECONDS, LeaseLost
 from worker.supervisor.prepare import Attempt
@@ -78,12 +79,10 @@ class Ended:
 def start_trainer(attempt: Attempt, settings: Settings) -> TrainerGroup:
     spec_path = attempt.work / "spec.json"
     spec_path.write_text(dump_spec(attempt.spec))
-    env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["HF_HUB_OFFLINE"] = "0" if settings.allow_hub else "1"
+    env = starts.child_env(settings)
     if settings.trainer_threads:
         env["TUNERY_TRAINER_THREADS"] = str(settings.trainer_threads)
-    return launch(spec_path, attempt.spec.processes, env, attempt.work)
+    return launch(spec_path, attempt.spec.processes, env, attempt.work, settings)
 
 
 def supervise(

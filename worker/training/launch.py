@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from app import processes as children
+from app.settings import Settings
+from worker import starts
 
 PARENT_PID_ENV = "TUNERY_SUPERVISOR_PID"
 # How long the other ranks get to report after one of them failed.
@@ -50,7 +50,7 @@ def die_with_parent() -> None:
 class TrainerGroup:
     """The trainer's processes (rank 0 first), all in one process group."""
 
-    procs: list[subprocess.Popen[bytes]]
+    procs: list[children.Child]
     logs: list[Path]
     failed_at: float | None = None
     returncode: int | None = None
@@ -99,11 +99,15 @@ class TrainerGroup:
         return any(proc.poll() is None for proc in self.procs)
 
 
-def launch(spec_path: Path, processes: int, env: Mapping[str, str], cwd: Path) -> TrainerGroup:
-    """Start `python -m worker.training.run spec_path` as `processes` ranks."""
-    command = [sys.executable, "-m", "worker.training.run", str(spec_path)]
+def launch(
+    spec_path: Path, processes: int, env: Mapping[str, str], cwd: Path, settings: Settings
+) -> TrainerGroup:
+    """Start `python -m worker.training.run spec_path` as `processes` ranks (worker/starts.py:
+    forked warm unless TUNERY_WARM_START=false)."""
     base_env = dict(env)
-    base_env[PARENT_PID_ENV] = str(os.getpid())
+    if not settings.warm_start:
+        # a warm child's parent is the zygote, which arms its death signal itself
+        base_env[PARENT_PID_ENV] = str(os.getpid())
     if processes > 1:
         base_env.update(
             WORLD_SIZE=str(processes),
@@ -111,7 +115,7 @@ def launch(spec_path: Path, processes: int, env: Mapping[str, str], cwd: Path) -
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(free_port()),
         )
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[children.Child] = []
     logs: list[Path] = []
     try:
         for rank in range(processes):
@@ -121,15 +125,16 @@ def launch(spec_path: Path, processes: int, env: Mapping[str, str], cwd: Path) -
             log_path = cwd / ("trainer.log" if rank == 0 else f"trainer-rank{rank}.log")
             logs.append(log_path)
             procs.append(
-                children.spawn(
-                    command,
+                starts.start(
+                    settings,
+                    "worker.training.run",
+                    [str(spec_path)],
                     env=rank_env,
                     cwd=cwd,
                     log=log_path,
                     # rank 0 starts a new process group, the other ranks join it (a group in
                     # the supervisor's session: setpgid cannot cross sessions)
                     group=children.NEW_GROUP if rank == 0 else procs[0].pid,
-                    death_signal=signal.SIGKILL,
                 )
             )
     except BaseException:

@@ -27,11 +27,11 @@ def evaluation_children(data_dir: Path) -> Iterator[tuple[int, Path]]:
         if not entry.name.isdigit():
             continue
         try:
-            command = (entry / "cmdline").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
         except OSError:
             continue
-        if b"worker.evaluation.run" in command and str(data_dir).encode() in command[-2]:
-            yield int(entry.name), Path(command[-2].decode())
+        if b"worker.evaluation.run" in command and str(data_dir).encode() in command[-1]:
+            yield int(entry.name), Path(command[-1].decode())
 
 
 def test_a_sigkilled_worker_takes_its_evaluation_child_along(
@@ -41,7 +41,7 @@ def test_a_sigkilled_worker_takes_its_evaluation_child_along(
     with live.api_only(data_dir, tiny_models) as server, server.client() as client:
         server.start("worker", ["worker", "--loglevel", "INFO"])
         # enough rows that scoring outlasts the kill by far
-        rows = write_jsonl(tmp_path / "rows.jsonl", sentiment_rows(2000))
+        rows = write_jsonl(tmp_path / "rows.jsonl", sentiment_rows(20000))
         file_id = upload(client, rows)
         created = client.post("/v1/evaluations", json={"model": "tiny-bert", "file": file_id})
         assert created.status_code == 200, created.text
