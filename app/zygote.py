@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 FORK_TIMEOUT_SECONDS = 120.0
 # zygotes one process keeps for different environments; an idle one goes first
 MAX_ZYGOTES = 2
+# the zygote's exit status when it will not fork (its imports initialised CUDA)
+REFUSED = 75
 
 
 class WarmStartError(RuntimeError):
@@ -142,7 +144,9 @@ class Zygote:
         # requests queue in the listener's backlog while the zygote still imports
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.zygote", str(fd), *preload],
-            env=self.env,
+            # torch.cuda.is_available() asks NVML rather than the CUDA driver, which a forked
+            # child could not use once its parent had initialised it
+            env={**self.env, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"},
             stdin=subprocess.PIPE,  # its end of file tells the zygote this process is gone
             pass_fds=[fd],
             process_group=processes.NEW_GROUP,
@@ -151,6 +155,10 @@ class Zygote:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def refused(self) -> bool:
+        """It exited because its imports initialised CUDA (see `_serve`)."""
+        return self.proc.poll() == REFUSED
 
     def busy(self) -> bool:
         self.children = [child for child in self.children if child.poll() is None]
@@ -217,6 +225,7 @@ class WarmStarts:
         self.per_launch = frozenset(per_launch)
         self.per_launch_prefix = per_launch_prefix
         self._zygotes: list[Zygote] = []
+        self._refused: list[dict[str, str]] = []  # environments started cold from now on
         self._lock = threading.Lock()
 
     def spawn(
@@ -250,6 +259,9 @@ class WarmStarts:
         """The zygote for this environment, started if there is none yet."""
         base = {k: v for k, v in env.items() if not self._per_launch(k)}
         with self._lock:
+            self._refused += [z.env for z in self._zygotes if z.refused()]
+            if base in self._refused:
+                raise WarmStartError("its zygote refused to fork: its imports initialised CUDA")
             self._zygotes = [z for z in self._zygotes if z.alive()]
             for zygote in self._zygotes:
                 if zygote.env == base:
@@ -295,12 +307,20 @@ class _Pending:
     data: bytes = b""
 
 
-def _serve(listener: socket.socket, preload: Sequence[str]) -> None:
+def _serve(listener: socket.socket, preload: Sequence[str]) -> int:
     for name in preload:
         try:
             importlib.import_module(name)
         except Exception:  # the child will import it again and report the error itself
             traceback.print_exc()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        print(
+            "app.zygote: the preloaded modules initialised CUDA, which a forked child cannot "
+            "use; the children of this worker start cold",
+            file=sys.stderr,
+        )
+        return REFUSED
     sys.stdout.flush()
     sys.stderr.flush()
     wake_r, wake_w = os.pipe()
@@ -315,7 +335,7 @@ def _serve(listener: socket.socket, preload: Sequence[str]) -> None:
         with contextlib.suppress(InterruptedError):
             readable, _, _ = select.select(watched, [], [])
             if alive in readable and not os.read(alive, 4096):
-                return  # the process that started us is gone; our children die with us
+                return 0  # the process that started us is gone; our children die with us
             if wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 4096)
@@ -423,8 +443,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m app.zygote LISTEN_FD [MODULE...]", file=sys.stderr)
         return 2
     listener = socket.socket(fileno=int(argv[0]))
-    _serve(listener, argv[1:])
-    return 0
+    return _serve(listener, argv[1:])
 
 
 if __name__ == "__main__":

@@ -670,8 +670,12 @@ class Launch:
 def launch_trainers(*launches: Launch, timeout: float = 420) -> list[TrainResult]:
     """The trainers through the supervisor's launcher (worker/training/launch.py), all at
     once (they are independent; most of a small one's time is its start-up)."""
+    from app.settings import Settings
     from worker.training.launch import TrainerGroup, launch
 
+    # warm starts as a worker's (TUNERY_WARM_START): on a GPU host this checks that a trainer
+    # forked from the zygote uses CUDA
+    settings = Settings()
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     base_env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
@@ -683,7 +687,7 @@ def launch_trainers(*launches: Launch, timeout: float = 420) -> list[TrainResult
             out.mkdir(parents=True, exist_ok=True)
             spec_path = out / "spec.json"
             spec_path.write_text(json.dumps(item.spec))
-            groups.append(launch(spec_path, item.processes, base_env | item.env, out))
+            groups.append(launch(spec_path, item.processes, base_env | item.env, out, settings))
         deadline = time.monotonic() + timeout
         while len(walls) < len(groups):
             for i, group in enumerate(groups):

@@ -147,6 +147,22 @@ def test_a_failed_warm_start_starts_the_child_cold(
     assert "preloaded=False" in log
 
 
+def test_a_zygote_whose_imports_initialised_cuda_refuses_and_children_start_cold(
+    tmp_path: Path,
+) -> None:
+    starts = WarmStarts(["tests.app.zygote_fake_cuda", MODULE])
+    try:
+        zygote_ = starts.zygote(env())
+        assert zygote_.proc.wait(60) == zygote.REFUSED
+        for _ in range(2):  # not started again for the same environment
+            child = start(starts, tmp_path, "report", "0")
+            assert isinstance(child, subprocess.Popen)
+            assert child.wait(60) == 0
+        assert "preloaded=False" in (tmp_path / "child.log").read_text()
+    finally:
+        starts.close()
+
+
 def test_a_dead_zygote_is_replaced(warm: WarmStarts, tmp_path: Path) -> None:
     first = warm.zygote(env())
     os.kill(first.proc.pid, signal.SIGKILL)
