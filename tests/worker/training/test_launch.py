@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from app.processes import Child
 from worker.training import launch
 from worker.training.launch import TrainerGroup
 
@@ -19,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def group_of(*scripts: str) -> TrainerGroup:
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[Child] = []
     for rank, script in enumerate(scripts):
         procs.append(
             subprocess.Popen(
