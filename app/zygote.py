@@ -23,8 +23,9 @@ safe as forking a DataLoader worker. It never touches CUDA, and a child that use
 starts CUDA itself. Environment variables that libraries read when imported are the
 zygote's, so a zygote serves only requests whose environment equals the one it was started
 with, apart from the per-launch keys the caller names; `WarmStarts` starts another zygote
-for a different one. Anything that goes wrong on the warm path falls back to a cold start
-(`processes.spawn`), with a warning in the log.
+for a different one. A child asked for while its zygote still imports starts cold at once
+(the caller may be a supervisor with a lease to renew: it never waits seconds on imports),
+and so does one whose warm start fails, with a warning in the log.
 
 The server side runs as `python -m app.zygote LISTEN_FD MODULE...`; nothing here imports
 torch in the process that starts it.
@@ -57,12 +58,37 @@ from app import processes
 
 logger = logging.getLogger(__name__)
 
-# how long a client waits for the zygote to fork (it may still be importing: seconds)
-FORK_TIMEOUT_SECONDS = 120.0
+# how long a client waits for a ready zygote to fork (milliseconds, unless it is stuck)
+FORK_TIMEOUT_SECONDS = 10.0
 # zygotes one process keeps for different environments; an idle one goes first
 MAX_ZYGOTES = 2
 # the zygote's exit status when it will not fork (its imports initialised CUDA)
 REFUSED = 75
+
+
+@dataclass(frozen=True)
+class Program:
+    """A child to start: `module.main(args)` (cold: `python -m module args`) with its
+    environment, working directory, log (stdout and stderr, appended) and process group
+    (`processes.NEW_GROUP` to lead one, else the group id to join)."""
+
+    module: str
+    args: Sequence[str]
+    env: Mapping[str, str]
+    cwd: Path
+    log: Path
+    group: int = processes.NEW_GROUP
+
+    def cold(self, death_signal: int = signal.SIGKILL) -> processes.Child:
+        """Started as a fresh interpreter that dies with this process."""
+        return processes.spawn(
+            [sys.executable, "-m", self.module, *self.args],
+            env=self.env,
+            cwd=self.cwd,
+            log=self.log,
+            group=self.group,
+            death_signal=death_signal,
+        )
 
 
 class WarmStartError(RuntimeError):
@@ -141,17 +167,35 @@ class Zygote:
         self._listener.bind(self.address)
         self._listener.listen(64)
         fd = self._listener.fileno()
-        # requests queue in the listener's backlog while the zygote still imports
+        # the zygote writes a byte here once it has imported: until then a request would wait
+        # seconds for it, and `WarmStarts` starts the child cold instead
+        self._ready_r, ready_w = os.pipe()
+        os.set_blocking(self._ready_r, False)
+        self._ready = False
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.zygote", str(fd), *preload],
+            [sys.executable, "-m", "app.zygote", str(fd), str(ready_w), *preload],
             # torch.cuda.is_available() asks NVML rather than the CUDA driver, which a forked
             # child could not use once its parent had initialised it
             env={**self.env, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"},
             stdin=subprocess.PIPE,  # its end of file tells the zygote this process is gone
-            pass_fds=[fd],
+            pass_fds=[fd, ready_w],
             process_group=processes.NEW_GROUP,
         )
         self._listener.close()
+        os.close(ready_w)
+
+    def ready(self) -> bool:
+        """Whether it has imported its modules and forks at once."""
+        if not self._ready:
+            with contextlib.suppress(BlockingIOError):
+                self._ready = os.read(self._ready_r, 1) == b"1"
+        return self._ready
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for `ready()`."""
+        if not self._ready:
+            select.select([self._ready_r], [], [], timeout)
+        return self.ready()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -164,24 +208,15 @@ class Zygote:
         self.children = [child for child in self.children if child.poll() is None]
         return bool(self.children)
 
-    def spawn(
-        self,
-        module: str,
-        args: Sequence[str],
-        *,
-        env: Mapping[str, str],
-        cwd: Path,
-        log: Path,
-        group: int = processes.NEW_GROUP,
-    ) -> WarmChild:
-        """Fork a child that runs `module.main(args)`; raises WarmStartError if it could not."""
+    def spawn(self, program: Program) -> WarmChild:
+        """Fork the program's child; raises WarmStartError if it could not."""
         request = {
-            "module": module,
-            "args": list(args),
-            "env": dict(env),
-            "cwd": str(cwd),
-            "log": str(log),
-            "group": group,
+            "module": program.module,
+            "args": list(program.args),
+            "env": dict(program.env),
+            "cwd": str(program.cwd),
+            "log": str(program.log),
+            "group": program.group,
         }
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -199,7 +234,7 @@ class Zygote:
             raise WarmStartError(f"the zygote did not answer: {exc}") from exc
         line, _, rest = reply.partition(b"\n")
         pid = int(json.loads(line)["pid"])
-        child = WarmChild(connection, pid, [module, *args])
+        child = WarmChild(connection, pid, [program.module, *program.args])
         child._buffer = rest
         self.children.append(child)
         return child
@@ -210,6 +245,8 @@ class Zygote:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         processes.terminate([self.proc], grace=2.0)
+        with contextlib.suppress(OSError):
+            os.close(self._ready_r)
 
 
 class WarmStarts:
@@ -228,32 +265,18 @@ class WarmStarts:
         self._refused: list[dict[str, str]] = []  # environments started cold from now on
         self._lock = threading.Lock()
 
-    def spawn(
-        self,
-        module: str,
-        args: Sequence[str],
-        *,
-        env: Mapping[str, str],
-        cwd: Path,
-        log: Path,
-        group: int = processes.NEW_GROUP,
-        death_signal: int = signal.SIGKILL,
-    ) -> processes.Child:
-        """`module.main(args)` forked warm; started cold (`python -m module args`) when the
-        warm path fails."""
+    def spawn(self, program: Program, death_signal: int = signal.SIGKILL) -> processes.Child:
+        """The program forked warm; started cold when the warm path fails."""
         try:
-            zygote = self.zygote(env)
-            return zygote.spawn(module, args, env=env, cwd=cwd, log=log, group=group)
+            zygote = self.zygote(program.env)
+            if not zygote.ready():
+                # never keep the caller (a supervisor with a lease to renew) waiting on imports
+                logger.info("the zygote is still importing; %s starts cold", program.module)
+                return program.cold(death_signal)
+            return zygote.spawn(program)
         except (WarmStartError, OSError) as exc:
-            logger.warning("warm start of %s failed (%s); starting it cold", module, exc)
-        return processes.spawn(
-            [sys.executable, "-m", module, *args],
-            env=env,
-            cwd=cwd,
-            log=log,
-            group=group,
-            death_signal=death_signal,
-        )
+            logger.warning("warm start of %s failed (%s); starting it cold", program.module, exc)
+        return program.cold(death_signal)
 
     def zygote(self, env: Mapping[str, str]) -> Zygote:
         """The zygote for this environment, started if there is none yet."""
@@ -307,7 +330,7 @@ class _Pending:
     data: bytes = b""
 
 
-def _serve(listener: socket.socket, preload: Sequence[str]) -> int:
+def _serve(listener: socket.socket, ready: int, preload: Sequence[str]) -> int:
     for name in preload:
         try:
             importlib.import_module(name)
@@ -321,6 +344,8 @@ def _serve(listener: socket.socket, preload: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return REFUSED
+    os.write(ready, b"1")
+    os.close(ready)
     sys.stdout.flush()
     sys.stderr.flush()
     wake_r, wake_w = os.pipe()
@@ -439,11 +464,11 @@ def _become(request: dict[str, Any], inherited: list[int]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 1:
-        print("usage: python -m app.zygote LISTEN_FD [MODULE...]", file=sys.stderr)
+    if len(argv) < 2:
+        print("usage: python -m app.zygote LISTEN_FD READY_FD [MODULE...]", file=sys.stderr)
         return 2
     listener = socket.socket(fileno=int(argv[0]))
-    return _serve(listener, argv[1:])
+    return _serve(listener, int(argv[1]), argv[2:])
 
 
 if __name__ == "__main__":

@@ -8,16 +8,12 @@ Torch-free: the supervisor and the evaluation runner import it.
 from __future__ import annotations
 
 import os
-import signal
-import sys
-from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import task_plugins
 from app import processes
 from app.settings import Settings
-from app.zygote import WarmStarts
+from app.zygote import Program, WarmStarts
 
 # set per launch, after the zygote was started: none of them is read when a module is
 # imported, nor is any of Tunery's own settings (TUNERY_*: read by get_settings() at run time)
@@ -51,28 +47,12 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start(
-    settings: Settings,
-    module: str,
-    args: Sequence[str],
-    *,
-    env: Mapping[str, str],
-    cwd: Path,
-    log: Path,
-    group: int = processes.NEW_GROUP,
-) -> processes.Child:
-    """`python -m module args`, warm when the settings allow it. The child gets SIGKILL when
-    this process dies, either way."""
+def start(settings: Settings, program: Program) -> processes.Child:
+    """The program's child, forked warm when the settings allow it. It gets SIGKILL when this
+    process dies, either way."""
     if settings.warm_start:
-        return _warm_starts().spawn(module, args, env=env, cwd=cwd, log=log, group=group)
-    return processes.spawn(
-        [sys.executable, "-m", module, *args],
-        env=env,
-        cwd=cwd,
-        log=log,
-        group=group,
-        death_signal=signal.SIGKILL,
-    )
+        return _warm_starts().spawn(program)
+    return program.cold()
 
 
 def prestart(settings: Settings) -> None:

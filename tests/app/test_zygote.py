@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from app import processes, zygote
-from app.zygote import WarmChild, WarmStartError, WarmStarts
+from app.zygote import Program, WarmChild, WarmStartError, WarmStarts
 from tests.app.test_processes import running, wait_gone
 
 pytestmark = pytest.mark.skipif(
@@ -61,10 +61,14 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT), **extra}
 
 
+def program(tmp_path: Path, *args: str, log: str = "child.log", **extra: str) -> Program:
+    return Program(MODULE, list(args), env=env(**extra), cwd=tmp_path, log=tmp_path / log)
+
+
 def start(warm: WarmStarts, tmp_path: Path, *args: str, **extra: str) -> processes.Child:
-    return warm.spawn(
-        MODULE, list(args), env=env(**extra), cwd=tmp_path, log=tmp_path / "child.log"
-    )
+    """The child, once its zygote is ready (before that it would start cold)."""
+    assert warm.zygote(env(**extra)).wait_ready(60), "the zygote never got ready"
+    return warm.spawn(program(tmp_path, *args, **extra))
 
 
 def wait_for_file(path: Path) -> int:
@@ -116,16 +120,14 @@ def test_one_zygote_per_environment_apart_from_per_launch_keys(
     other = warm.zygote(env(ZYGOTE_TEST="other"))
     assert other is not first
     # a third environment replaces an idle zygote; with both busy it is refused (cold start)
-    sleeper = other.spawn(
-        MODULE, ["sleep", str(tmp_path / "pid")], env=env(), cwd=tmp_path, log=tmp_path / "log"
-    )
+    assert other.wait_ready(60)
+    sleeper = other.spawn(program(tmp_path, "sleep", str(tmp_path / "pid"), log="log"))
     wait_for_file(tmp_path / "pid")
     third = warm.zygote(env(ZYGOTE_TEST="third"))
     assert not first.alive() or first.proc.wait(10) is not None
     assert third is not other
-    third_sleeper = third.spawn(
-        MODULE, ["sleep", str(tmp_path / "pid3")], env=env(), cwd=tmp_path, log=tmp_path / "log"
-    )
+    assert third.wait_ready(60)
+    third_sleeper = third.spawn(program(tmp_path, "sleep", str(tmp_path / "pid3"), log="log"))
     wait_for_file(tmp_path / "pid3")
     with pytest.raises(WarmStartError):
         warm.zygote(env(ZYGOTE_TEST="fourth"))
@@ -155,10 +157,23 @@ def test_a_zygote_whose_imports_initialised_cuda_refuses_and_children_start_cold
         zygote_ = starts.zygote(env())
         assert zygote_.proc.wait(60) == zygote.REFUSED
         for _ in range(2):  # not started again for the same environment
-            child = start(starts, tmp_path, "report", "0")
+            child = starts.spawn(program(tmp_path, "report", "0"))
             assert isinstance(child, subprocess.Popen)
             assert child.wait(60) == 0
         assert "preloaded=False" in (tmp_path / "child.log").read_text()
+    finally:
+        starts.close()
+
+
+def test_a_zygote_still_importing_never_keeps_the_caller_waiting(tmp_path: Path) -> None:
+    starts = WarmStarts(["tests.app.zygote_slow_import", MODULE])
+    try:
+        began = time.monotonic()
+        child = starts.spawn(program(tmp_path, "report", "0"))
+        assert isinstance(child, subprocess.Popen)  # cold, while the zygote imports
+        assert child.wait(60) == 0
+        assert time.monotonic() - began < 30
+        assert not starts.zygote(env()).ready()
     finally:
         starts.close()
 
@@ -179,11 +194,12 @@ def test_a_warm_child_dies_with_the_process_that_started_it(tmp_path: Path) -> N
         f"""
         import os, sys, time
         from pathlib import Path
-        from app.zygote import WarmStarts
+        from app.zygote import Program, WarmStarts
         starts = WarmStarts([{MODULE!r}])
         env = {{**os.environ, "PYTHONPATH": {str(REPO_ROOT)!r}}}
-        starts.spawn({MODULE!r}, ["sleep", {str(pid_file)!r}], env=env,
-                     cwd=Path({str(tmp_path)!r}), log=Path({str(tmp_path / "log")!r}))
+        assert starts.zygote(env).wait_ready(60)
+        starts.spawn(Program({MODULE!r}, ["sleep", {str(pid_file)!r}], env=env,
+                     cwd=Path({str(tmp_path)!r}), log=Path({str(tmp_path / "log")!r})))
         time.sleep(120)
         """
     )

@@ -133,8 +133,15 @@ def checkpoints(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
 
 
 def messages(client: httpx.Client, job_id: str) -> list[str]:
-    response = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100})
-    return [event["message"] for event in reversed(response.json()["data"])]
+    """Every event's message, oldest first (a page holds 100; a 225-step job logs more)."""
+    events: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        page = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params).json()
+        events += page["data"]
+        if not page["has_more"]:
+            return [event["message"] for event in reversed(events)]
+        params["after"] = page["data"][-1]["id"]
 
 
 @pytest.mark.faults  # docs/reliability.md

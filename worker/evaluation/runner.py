@@ -23,6 +23,7 @@ from app.models.service import serving_spec
 from app.settings import Settings
 from app.storage import ArtifactStore
 from app.tables import EvaluationRow
+from app.zygote import Program
 from worker import starts
 from worker.supervisor import worker_identity
 
@@ -109,14 +110,14 @@ class EvaluationRunner:
         result_path.unlink(missing_ok=True)
         # SIGKILL when the worker dies: its evaluation goes back to the queue, and a child
         # left running would hold a model in memory for nobody
-        child = starts.start(
-            self.settings,
+        program = Program(
             "worker.evaluation.run",
             [str(spec_path)],
             env=starts.child_env(self.settings),
             cwd=work,
             log=work / "evaluation.log",
         )
+        child = starts.start(self.settings, program)
         next_heartbeat = time.monotonic() + self.settings.heartbeat_seconds
         try:
             while child.poll() is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from app import processes as children
 from app.settings import Settings
+from app.zygote import Program
 from worker import starts
 
 PARENT_PID_ENV = "TUNERY_SUPERVISOR_PID"
@@ -127,14 +128,16 @@ def launch(
             procs.append(
                 starts.start(
                     settings,
-                    "worker.training.run",
-                    [str(spec_path)],
-                    env=rank_env,
-                    cwd=cwd,
-                    log=log_path,
-                    # rank 0 starts a new process group, the other ranks join it (a group in
-                    # the supervisor's session: setpgid cannot cross sessions)
-                    group=children.NEW_GROUP if rank == 0 else procs[0].pid,
+                    Program(
+                        "worker.training.run",
+                        [str(spec_path)],
+                        env=rank_env,
+                        cwd=cwd,
+                        log=log_path,
+                        # rank 0 starts a new process group, the other ranks join it (a group
+                        # in the supervisor's session: setpgid cannot cross sessions)
+                        group=children.NEW_GROUP if rank == 0 else procs[0].pid,
+                    ),
                 )
             )
     except BaseException:
