@@ -27,8 +27,8 @@ for a different one. A child asked for while its zygote still imports starts col
 (the caller may be a supervisor with a lease to renew: it never waits seconds on imports),
 and so does one whose warm start fails, with a warning in the log.
 
-The server side runs as `python -m app.zygote LISTEN_FD MODULE...`; nothing here imports
-torch in the process that starts it.
+The server side runs as `python -m app.zygote LISTEN_FD READY_FD MODULE...`; nothing here
+imports torch in the process that starts it.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ class Zygote:
         pid = int(json.loads(line)["pid"])
         child = WarmChild(connection, pid, [program.module, *program.args])
         child._buffer = rest
-        self.children.append(child)
+        self.children = [c for c in self.children if c.returncode is None] + [child]
         return child
 
     def close(self) -> None:
