@@ -141,16 +141,34 @@ def stop_at_first_checkpoint(
         _signal_all(pids, signal.SIGCONT)
         time.sleep(slice_seconds)
         _signal_all(pids, signal.SIGSTOP)
-        response = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")
-        assert response.status_code == 200, response.text
-        if response.json()["data"]:
-            return pids
+        # once the trainer has written a checkpoint it stays stopped until the supervisor
+        # lists it: listing takes seconds on a busy machine, the trainer's slices would
+        # otherwise carry it to its last step meanwhile
+        written = any(_wrote_checkpoint(pid) for pid in pids)
+        while True:
+            response = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")
+            assert response.status_code == 200, response.text
+            if response.json()["data"]:
+                return pids
+            if not written or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
         assert job["status"] not in ("succeeded", "failed", "cancelled"), (
             f"{job_id} ended before its first checkpoint: {job}"
         )
     _signal_all(trainers(), signal.SIGCONT)
     raise AssertionError(f"{job_id} listed no checkpoint in {timeout} s\n{server.log_tail()}")
+
+
+def _wrote_checkpoint(pid: int) -> bool:
+    """Whether the trainer `pid` has written a checkpoint event (its working directory is
+    the attempt's, with events.jsonl in it)."""
+    try:
+        events = (Path(f"/proc/{pid}/cwd").resolve() / "events.jsonl").read_text()
+    except OSError:
+        return False
+    return '"type": "checkpoint"' in events
 
 
 def _signal_all(pids: list[int], sig: signal.Signals) -> None:
