@@ -259,15 +259,16 @@ def keep(path: Path | None, *sweeps: Sweep) -> None:
         path.write_text(json.dumps(detail, indent=1), encoding="utf-8")
 
 
+def verdict(ok: bool) -> str:
+    return "goal met" if ok else "GOAL MISSED"
+
+
 def report(
     default: tuple[float, int, float],
     pruned: Sweep,
     unpruned: Sweep,
     two_workers: Sweep | None,
 ) -> None:
-    def verdict(ok: bool) -> str:
-        return "goal met" if ok else "GOAL MISSED"
-
     steps = pruned.total_steps / unpruned.total_steps
     print()
     print(f"default job:        accuracy {default[0]:.4f}, {default[1]} steps, {default[2]:.1f} s")
@@ -295,10 +296,9 @@ def report(
 
 def report_workers(one: Sweep, two: Sweep) -> None:
     ratio = two.wall_seconds / one.wall_seconds
-    verdict = "goal met" if ratio <= WORKERS_GOAL else "GOAL MISSED"
     print(
         f"2 vs 1 workers:     {two.wall_seconds:.1f} s / {one.wall_seconds:.1f} s "
-        f"= {ratio:.2f}x (goal <= {WORKERS_GOAL}x: {verdict}; "
+        f"= {ratio:.2f}x (goal <= {WORKERS_GOAL}x: {verdict(ratio <= WORKERS_GOAL)}; "
         f"{two.total_steps} vs {one.total_steps} steps, {os.cpu_count()} CPUs)"
     )
 
